@@ -1,0 +1,54 @@
+"""Per call: may the compiled kernels take these tensors, or must the fallback? (None = fused.)"""
+
+from __future__ import annotations
+
+import logging
+
+from llama_ops._library import LIB
+from llama_ops._paddle import paddle
+
+log = logging.getLogger("llama_ops")
+
+_KERNEL_DTYPES = (paddle.float32, paddle.float64, paddle.float16, paddle.bfloat16)
+_logged: set[str] = set()
+
+
+def _in_pir_graph() -> bool:
+    return paddle.framework.in_pir_mode()
+
+
+def _unsupported_place(t) -> str | None:
+    # A graph value has no place of its own: it runs on the current device.
+    device = paddle.get_device() if _in_pir_graph() else str(t.place)
+    device = device.lower()
+    if device.startswith("cpu") or device.startswith("place(cpu"):
+        return None
+    if device.startswith("gpu") or device.startswith("place(gpu"):
+        return None if LIB.cuda else "GPU tensor and the library has no CUDA kernels"
+    return f"no kernels for {device}"
+
+
+def why_fallback(*tensors) -> str | None:
+    """The reason these inputs go to the fallback, or None when the fused kernels take them."""
+    if not LIB.loaded:
+        return LIB.reason
+    if not paddle.in_dynamic_mode() and not _in_pir_graph():
+        return "legacy (non-PIR) static graph"
+    # Custom operators declare no SPMD rule, so dist tensors (dygraph or dist.to_static) would be
+    # treated as local ones; Paddle's own operators know how to propagate their placements.
+    if any(t.is_dist() for t in tensors):
+        return "dist tensor input"
+    dtype = tensors[0].dtype
+    if dtype not in _KERNEL_DTYPES:
+        return f"dtype {dtype}"
+    if any(t.dtype != dtype for t in tensors[1:]):
+        return "inputs of different dtypes"
+    return _unsupported_place(tensors[0])
+
+
+def note(op: str, reason: str) -> None:
+    """Log each distinct (op, reason) once at debug level."""
+    key = f"{op}: {reason}"
+    if key not in _logged:
+        _logged.add(key)
+        log.debug("llama_ops.%s uses the fallback (%s)", op, reason)

@@ -1,0 +1,159 @@
+"""Backend selection: the compiled library, LLAMA_OPS_DISABLE, a missing library, dist tensors,
+static graphs and OpenMP thread counts."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+import pytest
+from conftest import FALLBACK_REQUESTED
+
+import llama_ops
+
+PACKAGE_DIR = Path(llama_ops.__file__).parent
+
+# A script run in a fresh interpreter: the backend string and every op's output on fixed inputs.
+PROBE = """
+import json, sys
+import numpy as np, paddle, llama_ops
+rng = np.random.default_rng(0)
+x = paddle.to_tensor(rng.normal(size=(512, 96)).astype("float32"))
+w = paddle.to_tensor(rng.normal(size=96).astype("float32"))
+q = paddle.to_tensor(rng.normal(size=(4, 64, 4, 32)).astype("float32"))
+k = paddle.to_tensor(rng.normal(size=(4, 64, 2, 32)).astype("float32"))
+c = paddle.to_tensor(rng.normal(size=(64, 32)).astype("float32"))
+for t in (x, w, q, k):
+    t.stop_gradient = False
+outs = [llama_ops.rms_norm(x, w), *llama_ops.apply_rope(q, k, c, c), llama_ops.swiglu(x, x * 0.5)]
+grads = paddle.grad([o.sum() * 1.0 for o in outs], [x, w, q, k])
+np.savez(sys.argv[1], *[t.numpy() for t in outs + list(grads)])
+print(json.dumps({"backend": llama_ops.backend()}))
+"""
+
+
+def _run_probe(tmp_path, name, env_extra, pythonpath=None):
+    env = {**os.environ, **env_extra}
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [pythonpath or str(PACKAGE_DIR.parent), env.get("PYTHONPATH")])
+    )
+    out = tmp_path / f"{name}.npz"
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    arrays = np.load(out)
+    return info, [arrays[f"arr_{i}"] for i in range(len(arrays.files))], proc.stderr
+
+
+def test_compiled_kernels_are_loaded():
+    if FALLBACK_REQUESTED:
+        assert llama_ops.backend().startswith("fallback (LLAMA_OPS_DISABLE=")
+    else:
+        assert llama_ops.backend() in ("fused (cpu kernels)", "fused (cpu+cuda kernels)"), (
+            llama_ops.backend()
+        )
+
+
+@pytest.mark.skipif(FALLBACK_REQUESTED, reason="compares against the fused run")
+def test_disable_env_and_thread_counts_give_the_same_numbers(tmp_path):
+    """LLAMA_OPS_DISABLE=1 switches to the fallback without a warning; the fused kernels give the
+    fallback's numbers with 1 and 2 OpenMP threads (shapes above the parallel threshold)."""
+    ref_info, ref, ref_err = _run_probe(
+        tmp_path, "off", {"LLAMA_OPS_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    )
+    assert ref_info["backend"] == "fallback (LLAMA_OPS_DISABLE=1)"
+    assert "pure-Paddle fallback" not in ref_err
+    for threads in ("1", "2"):
+        info, got, _ = _run_probe(tmp_path, f"t{threads}", {"OMP_NUM_THREADS": threads})
+        assert info["backend"].startswith("fused")
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(r).max()))
+
+
+def test_package_without_library_warns_once_and_works(tmp_path):
+    copy = tmp_path / "site" / "llama_ops"
+    shutil.copytree(
+        PACKAGE_DIR,
+        copy,
+        ignore=shutil.ignore_patterns("*.so", "*.dylib", "_build_info.json", "__pycache__"),
+    )
+    env = {"LLAMA_OPS_DISABLE": "", "OMP_NUM_THREADS": "1"}
+    info, got, err = _run_probe(tmp_path, "nolib", env, pythonpath=str(copy.parent))
+    assert info["backend"].startswith("fallback (this install has no compiled kernels")
+    ours = [line for line in err.splitlines() if "pure-Paddle fallback" in line]
+    assert len(ours) == 1 and "llama-ops uses its pure-Paddle fallback" in ours[0], err
+    _, ref, _ = _run_probe(tmp_path, "ref", {"LLAMA_OPS_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
+
+
+def test_dist_tensors_take_the_fallback(caplog, rng):
+    """In one process a one-rank mesh still makes dist tensors: the dispatcher must route them to the
+    fallback (custom operators carry no SPMD rule) and give the dense result."""
+    mesh = dist.ProcessMesh([0], dim_names=["mp"])
+    x = rng.normal(size=(4, 6, 2, 8)).astype("float32")
+    cos = rng.normal(size=(6, 8)).astype("float32")
+    dense = llama_ops.fallback.apply_rope(*(paddle.to_tensor(a) for a in (x, x, cos, cos)))
+    q = dist.shard_tensor(paddle.to_tensor(x), mesh, [dist.Shard(2)])
+    c = dist.shard_tensor(paddle.to_tensor(cos), mesh, [dist.Replicate()])
+    assert q.is_dist()
+    with caplog.at_level(logging.DEBUG, logger="llama_ops"):
+        out = llama_ops.apply_rope(q, q, c, c)
+    assert out[0].is_dist()
+    np.testing.assert_allclose(out[0].numpy(), dense[0].numpy(), rtol=1e-6, atol=1e-6)
+    if not FALLBACK_REQUESTED:
+        assert "llama_ops.apply_rope uses the fallback (dist tensor input)" in caplog.text
+
+
+class _Block(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.norm = self.create_parameter([16])
+        self.proj = paddle.nn.Linear(16, 2 * 16 + 2 * 16 + 2 * 24)
+
+    def forward(self, x, cos, sin):
+        h = llama_ops.rms_norm(x, self.norm, 1e-5)
+        q, k, gate_up = paddle.split(self.proj(h), [32, 32, 48], axis=-1)
+        q, k = llama_ops.apply_rope(q.reshape([2, 5, 2, 16]), k.reshape([2, 5, 2, 16]), cos, sin)
+        return (q * k).sum() + llama_ops.swiglu(gate_up).sum()
+
+
+def test_to_static_uses_the_kernels_and_matches_dygraph(rng):
+    paddle.seed(0)
+    model = _Block()
+    x = paddle.to_tensor(rng.normal(size=(2, 5, 16)).astype("float32"))
+    cos = paddle.to_tensor(rng.normal(size=(5, 16)).astype("float32"))
+    sin = paddle.to_tensor(rng.normal(size=(5, 16)).astype("float32"))
+    loss = model(x, cos, sin)
+    loss.backward()
+    eager_grads = [p.grad.numpy().copy() for p in model.parameters()]
+    model.clear_gradients()
+
+    static = paddle.jit.to_static(model, full_graph=True)
+    static_loss = static(x, cos, sin)
+    static_loss.backward()
+    ops = {op.name() for op in static.forward.concrete_program.main_program.global_block().ops}
+    fused_ops = {
+        "custom_op.fused_rms_norm",
+        "custom_op.fused_rope",
+        "custom_op.fused_swiglu_packed",
+    }
+    if FALLBACK_REQUESTED:
+        assert not ops & fused_ops
+    else:
+        assert fused_ops <= ops, ops
+    np.testing.assert_allclose(float(static_loss), float(loss), rtol=1e-5)
+    for p, g in zip(model.parameters(), eager_grads):
+        np.testing.assert_allclose(p.grad.numpy(), g, rtol=1e-4, atol=1e-5)
