@@ -1,0 +1,268 @@
+"""The ``llama-infer`` command: one prompt, a JSONL file of prompts, or an interactive session."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from llama_ckpt import CheckpointError
+from llama_data import DataError
+from llama_infer.errors import InferError
+from llama_infer.sampling import STRATEGIES
+from llama_infer.version import __version__
+from llama_model import LlamaModelError
+
+USER_ERRORS = (InferError, CheckpointError, DataError, LlamaModelError)
+
+
+def _user_errors(fn):
+    """A user's mistake is one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # unreadable input, disk full, ...
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def read_prompts(path: str) -> list[dict]:
+    """JSONL records, each with a non-empty string ``src``."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InferError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("src"), str):
+                raise InferError(f'{path}:{number}: expected an object with a string "src" field')
+            if not record["src"].strip():
+                raise InferError(f"{path}:{number}: empty prompt")
+            records.append(record)
+    if not records:
+        raise InferError(f"{path}: no prompt in it")
+    return records
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Written under a temporary name in the same directory, then renamed: never half a file."""
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}"
+    )
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _stream_one(gen, prompt: str, options: dict) -> None:
+    for piece in gen.stream(prompt, **options):
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
+def run_interactive(gen, options: dict, tty: bool) -> None:
+    """Read a prompt per line until EOF (or 'exit'); stream each completion."""
+    if tty:
+        click.echo("Type a prompt and press Enter; Ctrl-D or 'exit' quits.", err=True)
+    while True:
+        if tty:
+            click.echo(">>> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        prompt = line.rstrip("\n")
+        if prompt.strip() in ("exit", "quit"):
+            break
+        if not prompt.strip():
+            continue
+        try:
+            _stream_one(gen, prompt, options)
+        except InferError as exc:  # a bad prompt does not end the session
+            click.echo(f"Error: {exc}", err=True)
+        except KeyboardInterrupt:
+            click.echo()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llama-infer")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    help="Model directory (paddle or hf layout), training checkpoint directory, or run directory.",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="SentencePiece .model, tokenizer.json, a directory holding one, or 'byte' [default: the model directory's].",
+)
+@click.option("--prompt", multiple=True, help="A prompt to complete (repeat for several).")
+@click.option(
+    "--input-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help='JSONL file of prompts, one {"src": ...} per line.',
+)
+@click.option(
+    "--output-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help='Write results as JSONL here (the input records plus "output") instead of stdout.',
+)
+@click.option(
+    "--interactive",
+    is_flag=True,
+    help="Read prompts line by line (the default when no prompt is given on a terminal).",
+)
+@click.option(
+    "--decode-strategy", type=click.Choice(STRATEGIES), default="greedy", show_default=True
+)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option(
+    "--top-k",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Keep the k most likely tokens (0: off).",
+)
+@click.option(
+    "--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (1.0: off)."
+)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--stop", multiple=True, help="Stop a completion at this string (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling draws.")
+@click.option(
+    "--batch-size", type=int, default=1, show_default=True, help="Prompts decoded together."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+)
+@click.option(
+    "--add-bos/--no-add-bos",
+    default=None,
+    help="Start prompts with BOS [default: as tokenizer_config.json says, else no].",
+)
+@click.option(
+    "--threads", type=int, default=None, help="CPU threads [default: all available cores]."
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow a .pdparams (a pickle: loading one can run code; only for files you trust).",
+)
+@click.option(
+    "--stream/--no-stream",
+    default=True,
+    show_default=True,
+    help="Print a single prompt's tokens as they come.",
+)
+@_user_errors
+def main(
+    model_path, tokenizer, prompt, input_file, output_file, interactive, decode_strategy, temperature,
+    top_k, top_p, repetition_penalty, max_new_tokens, stop, seed, batch_size, dtype, add_bos, threads,
+    allow_pickle, stream,
+):  # fmt: skip
+    """Generate text with a LLaMA model.
+
+    \b
+    llama-infer --model llama-dir --prompt "To be, or not to be"
+    llama-infer --model out/checkpoints/step-00001000 --tokenizer tok.model --prompt "..."
+    llama-infer --model llama-dir --input-file prompts.jsonl --output-file out.jsonl --batch-size 8
+    llama-infer --model llama-dir --decode-strategy sampling --top-p 0.9 --temperature 0.8
+    llama-infer --model llama-dir            # on a terminal: an interactive session
+    """
+    tty = sys.stdin.isatty()
+    if prompt and input_file:
+        raise InferError("give --prompt or --input-file, not both")
+    if not (prompt or input_file or interactive or tty):
+        raise InferError("nothing to do: give --prompt, --input-file or --interactive")
+    records = read_prompts(input_file) if input_file else [{"src": p} for p in prompt]
+    if any(not r["src"].strip() for r in records):
+        raise InferError("empty prompt: give some text to continue")
+    if output_file and not records:
+        raise InferError("--output-file needs --prompt or --input-file")
+    if batch_size < 1:
+        raise InferError(f"--batch-size must be >= 1, got {batch_size}")
+    options = dict(
+        max_new_tokens=max_new_tokens, decode_strategy=decode_strategy, temperature=temperature,
+        top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop, seed=seed,
+    )  # fmt: skip
+    # Checked before the (slow) model load, so a bad option fails at once.
+    from llama_infer.generation import Generator, check_dtype
+    from llama_infer.sampling import SamplingConfig
+
+    check_dtype(dtype)
+    SamplingConfig(decode_strategy, temperature, top_k, top_p, repetition_penalty)
+    if threads is None:
+        threads = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
+    gen = Generator(
+        model_path,
+        tokenizer,
+        allow_pickle=allow_pickle,
+        dtype=dtype,
+        add_bos=add_bos,
+        threads=threads,
+    )
+    gen._require_tokenizer()
+    if not records:
+        run_interactive(gen, options, tty)
+        return
+    if len(records) == 1 and stream and not output_file:
+        _stream_one(gen, records[0]["src"], options)
+        return
+    results = _generate_all(gen, records, batch_size, options)
+    if output_file:
+        write_jsonl(output_file, results)
+        click.echo(f"wrote {len(results)} completions to {output_file}", err=True)
+    else:
+        for record in results:
+            click.echo(json.dumps(record, ensure_ascii=False))
+
+
+def _generate_all(gen, records: list[dict], batch_size: int, options: dict) -> list[dict]:
+    from tqdm import tqdm
+
+    prompts = [gen.encode(r["src"]) for r in records]  # every prompt checked before any decoding
+    out = []
+    with tqdm(total=len(records), unit="prompt", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(records), batch_size):
+            chunk = gen.generate_ids(
+                prompts[start : start + batch_size], batch_size=batch_size, **options
+            )
+            for record, completion in zip(records[start : start + batch_size], chunk):
+                out.append(
+                    {**record, "output": completion.text, "finish_reason": completion.finish_reason}
+                )
+            bar.update(len(chunk))
+    return out
+
+
+if __name__ == "__main__":
+    main()

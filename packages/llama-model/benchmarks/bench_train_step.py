@@ -1,0 +1,184 @@
+"""Training-step throughput of config "T" on CPU: llama-model (Paddle) vs transformers (torch eager).
+
+Config T: vocab 8192, hidden 256, intermediate 688, 4 layers, 8 heads, kv heads 8 and 2, seq 256,
+batch 8. One step = forward + backward + AdamW, fp32, one process. Each measurement runs in its own
+subprocess with the same thread count (OMP/MKL threads set before the framework is imported:
+Paddle pins OMP_NUM_THREADS=1 at import unless it is already set). The workers of the two
+frameworks alternate for ``--rounds`` rounds (a shared machine's load then hits both alike) and
+their timed steps are pooled. Reported: the median step time (and the fastest), tokens/s =
+batch·seq / median, and the ratio to torch.
+
+    python bench_train_step.py [--threads 2] [--steps 10] [--warmup 3] [--rounds 2] [--static] [--mkl-default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+BATCH, SEQ = 8, 256
+CONFIG = dict(
+    vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+    num_attention_heads=8, max_position_embeddings=SEQ, rms_norm_eps=1e-6,
+)  # fmt: skip
+
+
+def _batches(n, vocab, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        ids = rng.integers(0, vocab, size=(BATCH, SEQ + 1))
+        yield ids[:, :-1], ids[:, 1:]
+
+
+def _time_steps(step, batches, warmup):
+    times = []
+    for i, (ids, labels) in enumerate(batches):
+        start = time.perf_counter()
+        step(ids, labels)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def worker_paddle(kv, steps, warmup, threads, static):
+    # llama_model first, as a user would: it sets up Paddle's MKL for AMD CPUs before paddle loads.
+    import importlib
+
+    from llama_model import LlamaConfig, ParallelModel, Strategy, kernel_backend
+
+    paddle = importlib.import_module("paddle")
+
+    cfg = LlamaConfig(**CONFIG, num_key_value_heads=kv)
+    pm = ParallelModel.build(cfg, Strategy(), seed=0)
+    opt = paddle.optimizer.AdamW(learning_rate=1e-4, weight_decay=0.01, parameters=pm.parameters())
+    if static:
+        compiled = pm.to_static(opt, BATCH, SEQ)
+
+        def step(ids, labels):
+            compiled(ids, labels)
+    else:
+
+        def step(ids, labels):
+            pm.forward_backward(ids, labels)
+            opt.step()
+            opt.clear_grad()
+
+    times = _time_steps(step, _batches(warmup + steps, cfg.vocab_size), warmup)
+    return {"times": times, "backend": kernel_backend()}
+
+
+def worker_torch(kv, steps, warmup, threads):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    cfg = transformers.LlamaConfig(**CONFIG, num_key_value_heads=kv, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step(ids, labels):
+        # labels given already shifted: pad so transformers' internal shift lines up
+        out = model(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(ids))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times = _time_steps(step, _batches(warmup + steps, cfg.vocab_size), warmup)
+    return {"times": times, "attn": model.config._attn_implementation}
+
+
+def _run_worker(kind, kv, args):
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if kind == "paddle-mkl-default":
+        # set (empty) by the user, so llama_model leaves Paddle's MKL on its default CPU dispatch
+        env["MKL_DEBUG_CPU_TYPE"] = ""
+        kind = "paddle"
+    cmd = [sys.executable, __file__, "--worker", kind, "--kv", str(kv), "--threads", str(args.threads),
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate the frameworks this many times and pool their steps (evens out a shared machine's load)",
+    )
+    ap.add_argument("--kv", type=int, nargs="*", default=[8, 2])
+    ap.add_argument("--static", action="store_true", help="also time the dist.to_static step")
+    ap.add_argument(
+        "--mkl-default",
+        action="store_true",
+        help="also time llama-model with Paddle's MKL left on its default dispatch (slow on AMD)",
+    )
+    ap.add_argument(
+        "--worker", choices=["paddle", "paddle-static", "torch"], help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+
+    if args.worker:
+        kv = args.kv[0]
+        if args.worker == "torch":
+            result = worker_torch(kv, args.steps, args.warmup, args.threads)
+        else:
+            result = worker_paddle(
+                kv, args.steps, args.warmup, args.threads, args.worker == "paddle-static"
+            )
+        print(json.dumps(result))
+        return
+
+    tokens = BATCH * SEQ
+    kinds = ["torch", "paddle"]
+    kinds += ["paddle-static"] if args.static else []
+    kinds += ["paddle-mkl-default"] if args.mkl_default else []
+    labels = {
+        "torch": "torch eager ({attn})",
+        "paddle": "llama-model ({backend})",
+        "paddle-static": "llama-model to_static",
+        "paddle-mkl-default": "llama-model, MKL default",
+    }
+    print(
+        f"config T, batch {BATCH} x seq {SEQ}, fp32, fwd+bwd+AdamW, {args.threads} threads; "
+        f"{args.rounds} alternating rounds x {args.steps} steps after {args.warmup} warm-up"
+    )
+    print(
+        f"{'kv heads':>8} {'framework':<28} {'median ms':>10} {'min ms':>8} {'tokens/s':>9} {'vs torch':>9}"
+    )
+    for kv in args.kv:
+        pooled = {kind: [] for kind in kinds}
+        names = {}
+        for _ in range(args.rounds):
+            for kind in kinds:
+                result = _run_worker(kind, kv, args)
+                pooled[kind] += result.pop("times")
+                names[kind] = labels[kind].format(**{"attn": "", "backend": "", **result})
+        base = None
+        for kind in kinds:
+            median = statistics.median(pooled[kind])
+            tps = tokens / median
+            base = base or tps
+            print(
+                f"{kv:>8} {names[kind]:<28} {median * 1e3:>10.1f} {min(pooled[kind]) * 1e3:>8.1f} "
+                f"{tps:>9.0f} {tps / base:>8.2f}x",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

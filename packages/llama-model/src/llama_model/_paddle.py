@@ -1,0 +1,34 @@
+"""The one place that imports paddle, so a missing install fails with one readable line.
+
+It also sets one environment variable before Paddle loads its math library, when it safely can:
+Paddle's CPU wheel links an old Intel MKL (libmklml) that, on AMD processors, dispatches matrix
+multiplies to a generic SSE code path, 2-3x slower than its AVX2 one. ``MKL_DEBUG_CPU_TYPE=5`` makes
+that MKL use the AVX2 path (newer MKLs ignore the variable). It is set only on an AMD CPU with AVX2,
+only if the user has not set it, and only if paddle is not imported yet (MKL reads it when loaded).
+"""
+
+import os
+import sys
+
+
+def _amd_cpu_with_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            head = fh.read(8192)
+    except OSError:
+        return False
+    return "AuthenticAMD" in head and " avx2" in head
+
+
+if "paddle" not in sys.modules and "MKL_DEBUG_CPU_TYPE" not in os.environ and _amd_cpu_with_avx2():
+    os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+
+try:
+    import paddle
+except ImportError as exc:  # exercised by tests/test_import.py
+    raise ImportError(
+        "llama-model needs PaddlePaddle: `pip install llama-model[cpu]` (CPU) or "
+        "`pip install paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu126/` (GPU)"
+    ) from exc
+
+__all__ = ["paddle"]

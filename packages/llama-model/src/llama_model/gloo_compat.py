@@ -1,0 +1,211 @@
+"""Workarounds for Paddle 3.3.1 defects met when auto-parallel runs on CPU over gloo.
+
+Every patch here names the defect it works around, is applied only when the backend is gloo (or, for
+the numpy one, only when numpy is new enough to trigger it), and has a test in
+``tests/test_gloo_compat.py`` that fails when Paddle's behaviour changes, so each patch is re-examined
+rather than silently kept. Nothing here runs on a GPU (NCCL) job.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from llama_model._paddle import paddle
+
+dist = paddle.distributed
+
+_applied: set[str] = set()
+
+
+def is_gloo() -> bool:
+    """True when this process runs collectives over gloo (Paddle's launcher picks it on CPU)."""
+    backend = os.environ.get("PADDLE_DISTRI_BACKEND", "")
+    if backend:
+        return backend.lower() == "gloo"
+    return not paddle.is_compiled_with_cuda()
+
+
+def _numpy_at_least_2_4() -> bool:
+    major, minor = (int(p) for p in np.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defect 1 (any backend, numpy >= 2.4): ProcessMesh.get_rank_by_dim_and_process_id does
+# ``int(np.where(mesh == pid)[i])`` on a one-element 1-D array, a TypeError since numpy 2.4. It is on
+# the path of dist.shard_dataloader and of the pipelining schedules.
+def _get_rank_by_dim_and_process_id(self, dim, process_id):
+    if process_id not in self._process_ids:
+        return -1
+    if dim is None:
+        return 0
+    dim_name = self._dim_names[dim] if isinstance(dim, int) else dim
+    return int(np.where(self._mesh == process_id)[self._dim_names.index(dim_name)].reshape(-1)[0])
+
+
+def patch_process_mesh_for_numpy() -> None:
+    from paddle.distributed.auto_parallel.process_mesh import ProcessMesh
+
+    ProcessMesh.get_rank_by_dim_and_process_id = _get_rank_by_dim_and_process_id
+    _applied.add("process_mesh_numpy")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defect 2 (gloo): ProcessGroupGloo's constructor (collective._new_process_group_impl) rendezvouses
+# through the *global* TCPStore with unprefixed keys, so disjoint groups created at the same moment
+# read each other's addresses ("Connection refused" / gloo TIMEOUT). Not a patch: every group is
+# created by every rank in one order with a barrier after each (``new_groups_in_order``).
+def new_groups_in_order(rank_lists):
+    """Create each group on every rank, in the given order, a barrier after each; returns the list."""
+    groups = []
+    for ranks in rank_lists:
+        groups.append(dist.new_group(sorted(int(r) for r in ranks)))
+        if is_gloo():
+            dist.barrier()
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defect 3 (gloo): gloo send blocks until the matching recv is posted, but the pipelining schedules
+# (pipelining.schedules._batch_p2p) post every send of a batch before its receives; 1F1B's steady
+# state has two neighbours each sending to the other first, and deadlocks ("unbound_buffer.cc TIMEOUT").
+# Run each batch as blocking send/recv ordered per peer: with a lower-ranked peer receive first,
+# with a higher-ranked peer send first.
+class _Completed:
+    def wait(self):
+        return True
+
+
+def _ordered_blocking_p2p(p2p_ops, desc=None):
+    if not p2p_ops:
+        return None
+    me = dist.get_rank()
+
+    def order(op):
+        is_send = op.op in (dist.isend, dist.send)
+        first = is_send if op.peer > me else not is_send
+        return (op.peer, 0 if first else 1)
+
+    for op in sorted(p2p_ops, key=order):
+        if op.op in (dist.isend, dist.send):
+            dist.send(op.tensor, op.peer, group=op.group)
+        else:
+            dist.recv(op.tensor, op.peer, group=op.group)
+    return _Completed()
+
+
+def patch_pipeline_p2p_ordering() -> None:
+    from paddle.distributed.auto_parallel.pipelining import schedules
+
+    schedules._batch_p2p = _ordered_blocking_p2p
+    _applied.add("pipeline_p2p")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defect 4 (CPU build): the resharding communicators of dist.load_state_dict (flex_checkpoint
+# reshard_comm) call tensor.cuda() unconditionally: "ValueError: No available device found." Gloo
+# collectives work on CPU tensors, so .cuda() can return the tensor itself.
+def _cuda_noop(self, *args, **kwargs):
+    return self
+
+
+def patch_tensor_cuda_noop() -> None:
+    if paddle.is_compiled_with_cuda():
+        return
+    paddle.Tensor.cuda = _cuda_noop
+    _applied.add("tensor_cuda")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defect 5 (gloo, to_static): auto_parallel/static/process_group.py ProcessGroup.instantiate knows
+# only NCCL/BKCL/XCCL ("AssertionError: No CUDA device found"), and the static legacy barrier op has
+# no CPU communicator. Create a gloo comm context per (ring id, ranks), each on its own TCPStore so
+# disjoint rings cannot collide (defect 2), and route the eager barrier to dist.barrier().
+# Only one communicator per rank is trustworthy afterwards: Paddle's CPU collective kernels ignore
+# ring_id (static.py refuses the layouts that would need two).
+_private_stores: list = []
+
+
+def _store_port(value) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return int(value.decode())
+    if isinstance(value, list):
+        return int(bytes(value).decode())
+    return int(value)
+
+
+def _private_store(global_store, key: str, is_host: bool, nranks: int):
+    import socket
+
+    from paddle.base import core
+
+    if is_host:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        global_store.set(
+            key, str(port)
+        )  # published first: the host constructor blocks for its peers
+        store = core.TCPStore("127.0.0.1", port, True, nranks, 900)
+    else:
+        global_store.wait(key)
+        store = core.TCPStore("127.0.0.1", _store_port(global_store.get(key)), False, nranks, 900)
+    _private_stores.append(store)
+    return store
+
+
+def patch_static_process_groups() -> None:
+    from paddle.base import core
+    from paddle.distributed.auto_parallel.static import process_group
+    from paddle.distributed.collective import _get_global_env
+
+    if getattr(process_group.ProcessGroup.instantiate, "_llama_model_patch", False):
+        return
+    original = process_group.ProcessGroup.instantiate
+
+    def instantiate(self):
+        if self._is_instantiate:
+            return
+        if core.is_compiled_with_cuda() or core.is_compiled_with_xpu():
+            return original(self)
+        rank = _get_global_env().rank
+        if self.id != 0 and self.nranks >= 2 and rank in self.ranks:
+            ranks = sorted(self.ranks)
+            key = f"llama_model/static_pg/{self.id}/" + "_".join(map(str, ranks))
+            store = _private_store(
+                core.create_or_get_global_tcp_store(), key, rank == ranks[0], len(ranks)
+            )
+            core.CommContextManager.create_gloo_comm_context(
+                store, str(self.id), self.local_rank(rank), self.nranks
+            )
+        self._is_instantiate = True
+
+    instantiate._llama_model_patch = True
+    process_group.ProcessGroup.instantiate = instantiate
+
+    legacy_barrier = paddle._legacy_C_ops.barrier
+
+    def barrier(*args, **kwargs):
+        if not paddle.in_dynamic_mode():
+            return legacy_barrier(*args, **kwargs)
+        dist.barrier()
+        return args[0] if args else None
+
+    paddle._legacy_C_ops.barrier = barrier
+    _applied.add("static_process_groups")
+
+
+def apply() -> list[str]:
+    """Apply what this process needs; idempotent. Returns the names of the patches in force."""
+    if _numpy_at_least_2_4():
+        patch_process_mesh_for_numpy()
+    if is_gloo():
+        patch_pipeline_p2p_ordering()
+        patch_tensor_cuda_noop()
+    return sorted(_applied)
+
+
+def applied() -> list[str]:
+    return sorted(_applied)

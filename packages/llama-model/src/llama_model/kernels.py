@@ -1,0 +1,98 @@
+"""The model's numerical primitives: llama-ops' fused kernels when that package is importable, plain
+Paddle otherwise. This module is the only place that makes that choice.
+
+Contract shared with llama-ops (same numbers within fp32 tolerance):
+    rms_norm(x, weight, eps)       x: [..., h], weight: [h]
+    apply_rope(q, k, cos, sin)     q: [b, s, nq, d], k: [b, s, nk, d], cos/sin: [s, d] (rotate-half layout)
+    swiglu(gate, up)               silu(gate) * up
+"""
+
+from __future__ import annotations
+
+import os
+
+from llama_model._paddle import paddle
+
+F = paddle.nn.functional
+
+try:  # the optional fused kernels; absent is the normal case on a plain install
+    if os.environ.get("LLAMA_MODEL_NO_OPS"):  # lets tests compare both paths in one environment
+        raise ImportError
+    import llama_ops as _ops
+except ImportError:
+    _ops = None
+
+
+def backend() -> str:
+    """'llama-ops:<its backend>' when the fused kernels are in use, else 'paddle'."""
+    return f"llama-ops:{_ops.backend()}" if _ops is not None else "paddle"
+
+
+def _rms_norm(x, weight, eps: float):
+    variance = (x * x).mean(-1, keepdim=True)
+    return x * paddle.rsqrt(variance + eps) * weight
+
+
+def _apply_rope(q, k, cos, sin):
+    # rotate_half(x) = [-x2, x1] = roll(x, d/2) * [-1…, +1…]: the sign goes into sin, so the rotation
+    # is one roll, whose backward is a roll, instead of two slices and a concat (slice backward
+    # writes a zero-filled copy of the whole input).
+    half = cos.shape[-1] // 2
+    sign = paddle.concat(
+        [paddle.full([half], -1.0, sin.dtype), paddle.full([half], 1.0, sin.dtype)]
+    )
+    cos = cos.unsqueeze([0, 2])  # [s, d] -> [1, s, 1, d]: broadcast over batch and heads
+    sin = (sin * sign).unsqueeze([0, 2])
+    return (
+        q * cos + paddle.roll(q, half, axis=-1) * sin,
+        k * cos + paddle.roll(k, half, axis=-1) * sin,
+    )
+
+
+def _swiglu(gate, up):
+    return F.silu(gate) * up
+
+
+if _ops is not None:
+    rms_norm = _ops.rms_norm
+    apply_rope = _ops.apply_rope
+    swiglu = _ops.swiglu
+else:
+    rms_norm = _rms_norm
+    apply_rope = _apply_rope
+    swiglu = _swiglu
+
+
+def causal_attention(q, k, v):
+    """softmax(q kᵀ/√d + causal mask) v with grouped-query heads; q: [b, s, nq, d], k/v: [b, s, nk, d].
+
+    Returns [b, s, nq, d]. On GPU this is Paddle's scaled_dot_product_attention (flash attention); on
+    CPU Paddle's SDPA is a generic composite, so the same math is written out here.
+    """
+    if paddle.is_compiled_with_cuda():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    b, s, nq, d = q.shape
+    nk = k.shape[2]
+    q = q.transpose([0, 2, 1, 3])  # [b, nq, s, d]
+    k = k.transpose([0, 2, 1, 3])
+    v = v.transpose([0, 2, 1, 3])
+    if nk != nq:  # each key/value head serves nq // nk consecutive query heads
+        k = k.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
+        v = v.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
+    # 1/√d applied to q ([b, nq, s, d]) rather than to the scores ([b, nq, s, s]): fewer elements.
+    scores = paddle.matmul(q * (d**-0.5), k, transpose_y=True)
+    scores = scores + _causal_mask(s, scores.dtype)
+    probs = F.softmax(scores, axis=-1)
+    return paddle.matmul(probs, v).transpose([0, 2, 1, 3])
+
+
+_MASKS: dict = {}
+
+
+def _causal_mask(s: int, dtype):
+    if not paddle.in_dynamic_mode():  # a cached eager tensor must not leak into a static program
+        return paddle.triu(paddle.full([s, s], float("-inf"), dtype=dtype), diagonal=1)
+    key = (s, str(dtype))
+    if key not in _MASKS:
+        _MASKS[key] = paddle.triu(paddle.full([s, s], float("-inf"), dtype=dtype), diagonal=1)
+    return _MASKS[key]

@@ -1,0 +1,378 @@
+"""ParallelModel: one rank's share of a LLaMA training job under a dp/mp/pp strategy.
+
+The trainer-facing API. Per rank it holds the pipeline stage this rank runs, its parameters placed by
+the plan on the stage's ``[dp, mp]`` mesh, and the pipeline schedule; it runs forward + backward over
+the micro-batches of a global batch, reports the step's loss on every rank, clips gradients by the
+global norm across all shards and stages, and exposes the state dict under full-model names.
+
+    pm = ParallelModel.build(config, Strategy.parse("dp2mp2pp2", micro_batches=4))
+    opt = pm.shard_optimizer(paddle.optimizer.AdamW(1e-3, parameters=pm.parameters()))
+    for input_ids, labels in batches:          # the *global* batch, the same on every rank
+        loss = pm.forward_backward(input_ids, labels)
+        pm.clip_grad_norm(1.0)
+        opt.step(); opt.clear_grad()
+
+With one process (``Strategy()`` / "dp1") nothing is distributed: plain tensors, same code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from llama_model import gloo_compat, plan
+from llama_model._paddle import paddle
+from llama_model.config import LlamaConfig
+from llama_model.errors import LlamaModelError
+from llama_model.loss import IGNORE_INDEX, ScaledTokenLoss, count_valid_tokens, token_loss_sum
+from llama_model.pipeline import build_stage, make_schedule, pipeline_groups
+from llama_model.strategy import MESH_DIMS, Strategy
+
+dist = paddle.distributed
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+
+
+def init_distributed(strategy: Strategy) -> int:
+    """Start the collective environment if the strategy needs one; returns this process's rank."""
+    world = world_size_from_env()
+    if world != strategy.world_size:
+        raise LlamaModelError(
+            f"strategy {strategy} needs {strategy.world_size} processes but the world size is {world}"
+        )
+    if world == 1:
+        return 0
+    gloo_compat.apply()
+    if not dist.is_initialized():
+        dist.init_parallel_env()
+    return dist.get_rank()
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_backend_support(
+    strategy: Strategy, compute_dtype: str = "float32", on_gpu: bool | None = None
+) -> None:
+    """Refuse, in one line, what Paddle 3.3.1 cannot run on a CPU build (instead of a hang, a crash
+    deep in a kernel, or a silent fp32 run)."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise LlamaModelError(
+            f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}"
+        )
+    on_gpu = paddle.is_compiled_with_cuda() if on_gpu is None else on_gpu
+    if on_gpu:
+        return
+    if compute_dtype != "float32":
+        raise LlamaModelError(
+            f"{compute_dtype} compute needs a GPU: on CPU Paddle 3.3.1 ignores autocast and lacks bf16 training kernels"
+        )
+    if strategy.sequence_parallel:
+        raise LlamaModelError(
+            "sequence_parallel needs a GPU: it reduce-scatters activations, which Paddle 3.3.1 lacks on CPU"
+        )
+    if strategy.sharding_stage:
+        raise LlamaModelError(
+            f"sharding_stage {strategy.sharding_stage} needs a GPU: it reduce-scatters gradients, which Paddle 3.3.1 lacks on CPU"
+        )
+
+
+@dataclass
+class _Layout:
+    rank: int
+    stage: int
+    dp_rank: int
+    mp_rank: int
+    mesh: object = None  # ProcessMesh [pp, dp, mp], None with one process
+    stage_mesh: object = None  # this stage's [dp, mp] sub-mesh
+
+
+class ParallelModel:
+    """Build with ``ParallelModel.build``; see the module docstring and the README for the API."""
+
+    def __init__(
+        self,
+        config: LlamaConfig,
+        strategy: Strategy,
+        module,
+        layout: _Layout,
+        loss_fn,
+        schedule=None,
+        pp_group=None,
+        compute_dtype: str = "float32",
+    ):
+        self.config = config
+        self.strategy = strategy
+        # this rank's stage: a LlamaForCausalLM holding its share of the layers
+        self.module = module
+        self.layout = layout
+        self.loss_fn = loss_fn
+        self.compute_dtype = compute_dtype
+        self._schedule = schedule
+        self._pp_group = pp_group
+        self._eval_schedule = None  # built on the first evaluate() with pp > 1
+
+    # ------------------------------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        config: LlamaConfig,
+        strategy: Strategy,
+        *,
+        seed: int = 0,
+        recompute: str | None = None,
+        compute_dtype: str = "float32",
+    ) -> ParallelModel:
+        """Validate the layout, start the distributed environment if needed, build and place this
+        rank's stage with weights drawn from ``seed`` (identical to the same model in one process).
+
+        ``recompute``: None, "full" (each decoder layer) or "attention" (the attention block).
+        ``compute_dtype``: "float32", or "bfloat16" (GPU only: autocast, parameters stay float32).
+        """
+        check_backend_support(strategy, compute_dtype)
+        strategy.validate(config, world_size=world_size_from_env())
+        rank = init_distributed(strategy)
+        stage, dp_rank, mp_rank = strategy.coordinates(rank)
+        module = build_stage(config, strategy, stage, recompute=recompute)
+        module.init_weights(seed)
+        layout = _Layout(rank, stage, dp_rank, mp_rank)
+        loss_fn = ScaledTokenLoss(IGNORE_INDEX)
+        schedule = group = None
+        if strategy.world_size > 1:
+            mesh = dist.ProcessMesh(
+                np.arange(strategy.world_size).reshape(strategy.mesh_shape).tolist(),
+                dim_names=list(MESH_DIMS),
+            )
+            dist.auto_parallel.set_mesh(mesh)
+            layout.mesh = mesh
+            layout.stage_mesh = mesh.get_mesh_with_dim("pp", stage)
+            plan.apply_plan(module, layout.stage_mesh)
+            if strategy.sequence_parallel:
+                plan.apply_sequence_parallel(module, layout.stage_mesh)
+            if strategy.pp > 1:
+                group = pipeline_groups(mesh)[(dp_rank, mp_rank)]
+                schedule = make_schedule(module, strategy, stage, group, loss_fn)
+        return cls(config, strategy, module, layout, loss_fn, schedule, group, compute_dtype)
+
+    # ---------------------------------------------------------------------------------- accessors
+    @property
+    def rank(self) -> int:
+        return self.layout.rank
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.layout.stage == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.layout.stage == self.strategy.pp - 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy.world_size > 1
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def named_parameters(self):
+        return self.module.named_parameters()
+
+    def state_dict(self, prefix: str = "") -> dict:
+        """This rank's parameters under their full-model names (dist tensors when distributed), ready
+        for ``dist.save_state_dict``; a trainer saves them with ``prefix="model."``."""
+        return {prefix + name: p for name, p in self.module.named_parameters()}
+
+    def load_state_dict(self, path: str, prefix: str = "") -> None:
+        """Fill this rank's parameters in place from a ``dist.save_state_dict`` checkpoint saved under
+        any layout (Paddle reshards on load)."""
+        dist.load_state_dict(self.state_dict(prefix), path)
+
+    def shard_optimizer(self, optimizer):
+        """Wrap an optimizer built on ``parameters()`` for dist tensors (Paddle's ``dist.shard_optimizer``)."""
+        if not self.distributed:
+            return optimizer
+        if getattr(optimizer, "_grad_clip", None) is not None:
+            raise LlamaModelError(
+                "give the optimizer no grad_clip: use ParallelModel.clip_grad_norm (correct across stages)"
+            )
+        if self.strategy.sharding_stage:
+            stage_cls = {1: dist.ShardingStage1, 2: dist.ShardingStage2, 3: dist.ShardingStage3}
+            shard_fn = stage_cls[self.strategy.sharding_stage]("dp", self.layout.stage_mesh)
+            return dist.shard_optimizer(optimizer, shard_fn)
+        return dist.shard_optimizer(optimizer)
+
+    # -------------------------------------------------------------------------------- the step
+    def forward_backward(self, input_ids, labels) -> float:
+        """Forward and backward over the global batch ([global_batch, seq] token ids and shifted
+        labels, identical on every rank), split into ``strategy.micro_batches`` micro-batches and over
+        dp. Gradients accumulate in the parameters; returns the step's mean token loss on every rank."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if input_ids.shape != labels.shape or input_ids.ndim != 2:
+            raise LlamaModelError(
+                f"input_ids {input_ids.shape} and labels {labels.shape} must both be [batch, seq]"
+            )
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise LlamaModelError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings ({self.config.max_position_embeddings})"
+            )
+        self.strategy.validate_batch(input_ids.shape[0])
+        if self.strategy.sequence_parallel and input_ids.shape[1] % self.strategy.mp:
+            raise LlamaModelError(
+                f"sequence_parallel needs seq ({input_ids.shape[1]}) divisible by mp{self.strategy.mp}"
+            )
+        self.loss_fn.set_num_valid_tokens(count_valid_tokens(labels))
+        self.module.train()
+        with self._autocast():
+            if self._schedule is not None:
+                local = self._pipeline_step(input_ids, labels)
+            else:
+                local = self._accumulation_step(input_ids, labels)
+        return self._loss_on_every_rank(local)
+
+    def evaluate(self, input_ids, labels) -> float:
+        """The mean token loss of a global batch without gradients (same batch rules as
+        ``forward_backward``); on every rank."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        self.strategy.validate_batch(input_ids.shape[0])
+        scale = 1.0 / max(count_valid_tokens(labels), 1)
+        micro = self.strategy.micro_batches
+        self.module.eval()
+        try:
+            with paddle.no_grad(), self._autocast():
+                if self._schedule is None:
+                    local = 0.0
+                    for ids, lab in zip(np.split(input_ids, micro), np.split(labels, micro)):
+                        local += (
+                            _scalar(token_loss_sum(self.module(self._place(ids)), self._place(lab)))
+                            * scale
+                        )
+                else:
+                    local = self._pipeline_eval(input_ids, labels, scale)
+        finally:
+            self.module.train()
+        return self._loss_on_every_rank(local)
+
+    def _pipeline_eval(self, input_ids, labels, scale) -> float | None:
+        if self._eval_schedule is None:
+            self._eval_schedule = make_schedule(
+                self.module, self.strategy, self.layout.stage, self._pp_group, loss_fn=None
+            )
+        schedule = self._eval_schedule
+        if self.is_first_stage:
+            schedule.step(self._place(input_ids))
+            return None
+        schedule.step()
+        if not self.is_last_stage:
+            return None
+        from paddle.distributed.auto_parallel.pipelining.microbatch import _split_tensor
+
+        # Split the labels exactly as the schedule split the inputs (and splits training targets):
+        # a dp-sharded batch is cut within each rank's local rows, not along the global rows.
+        chunks = _split_tensor(self._place(labels), self.strategy.micro_batches)
+        outputs = schedule._stage.output_chunks
+        return sum(_scalar(token_loss_sum(out, lab)) for out, lab in zip(outputs, chunks)) * scale
+
+    def _autocast(self):
+        if self.compute_dtype == "float32":
+            return contextlib.nullcontext()
+        return paddle.amp.auto_cast(True, dtype=self.compute_dtype, level="O1")
+
+    def _place(self, array):
+        tensor = paddle.to_tensor(array)
+        if not self.distributed:
+            return tensor
+        mesh = self.layout.stage_mesh
+        return dist.shard_tensor(tensor, mesh, plan.data_placements(mesh.dim_names))
+
+    def _accumulation_step(self, input_ids, labels) -> float:
+        total = 0.0
+        micro = self.strategy.micro_batches
+        for ids, lab in zip(np.split(input_ids, micro), np.split(labels, micro)):
+            loss = self.loss_fn(self.module(self._place(ids)), self._place(lab))
+            loss.backward()
+            total += _scalar(loss)
+        return total
+
+    def _pipeline_step(self, input_ids, labels) -> float | None:
+        if self.is_first_stage:
+            self._schedule.step(self._place(input_ids))
+            return None
+        if not self.is_last_stage:
+            self._schedule.step()
+            return None
+        losses: list = []
+        self._schedule.step(target=self._place(labels), losses=losses)
+        return float(sum(_scalar(loss) for loss in losses))
+
+    def _loss_on_every_rank(self, local: float | None) -> float:
+        if self.strategy.pp == 1:
+            return float(local)
+        # Only last-stage ranks know the loss; each of its dp×mp ranks holds the same value.
+        value = paddle.to_tensor([local if local is not None else 0.0], dtype="float64")
+        dist.all_reduce(value)
+        return float(value.numpy()[0]) / (self.strategy.dp * self.strategy.mp)
+
+    def to_static(self, optimizer, batch: int, seq: int):
+        """A compiled step (``static.StaticStep``) for global batches of shape [batch, seq]; refuses,
+        with one line, the layouts Paddle cannot compile correctly on this backend."""
+        from llama_model.static import StaticStep
+
+        return StaticStep(self, optimizer, batch, seq)
+
+    # ---------------------------------------------------------------------------- grad clipping
+    def grad_norm(self) -> float:
+        """The global L2 norm of all gradients of the model, across every stage and shard."""
+        squares = 0.0
+        for param in self.module.parameters():
+            grad = param.grad
+            if grad is None:
+                continue
+            squares += _local_squared_norm(param, grad)
+        if not self.distributed:
+            return float(np.sqrt(squares))
+        total = paddle.to_tensor([squares], dtype="float64")
+        dist.all_reduce(total)
+        return float(np.sqrt(total.numpy()[0]))
+
+    def clip_grad_norm(self, max_norm: float, eps: float = 1e-6) -> float:
+        """Scale every gradient by min(1, max_norm / (global norm + eps)); returns the norm before."""
+        norm = self.grad_norm()
+        coef = max_norm / (norm + eps)
+        if coef < 1.0:
+            with paddle.no_grad():
+                for param in self.module.parameters():
+                    if param.grad is not None:
+                        param.grad.scale_(coef)
+        return norm
+
+
+def _scalar(tensor) -> float:
+    if tensor.is_dist():
+        tensor = dist.reshard(
+            tensor, tensor.process_mesh, [dist.Replicate()] * len(tensor.placements)
+        )
+        # A 0-d tensor resharded from Partial comes back with local shape [1]: read it flat.
+        return float(tensor._local_value().numpy().reshape(-1)[0])
+    return float(tensor)
+
+
+def _local_squared_norm(param, grad) -> float:
+    """This rank's share of ||grad||², counting each element of the global gradient exactly once over
+    the ranks of the stage: a shard counts fully, a replica counts 1/(number of replicas)."""
+    if not grad.is_dist():
+        return float((grad.astype("float64") ** 2).sum())
+    if any(p.is_partial() for p in grad.placements):
+        grad = dist.reshard(grad, grad.process_mesh, param.placements)
+    replicas = 1
+    for size, placement in zip(grad.process_mesh.shape, grad.placements):
+        if placement.is_replicated():
+            replicas *= size
+    local = grad._local_value().astype("float64")
+    return float((local**2).sum()) / replicas

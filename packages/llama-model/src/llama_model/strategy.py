@@ -1,0 +1,156 @@
+"""The parallel layout: data (dp), tensor/model (mp) and pipeline (pp) degrees, and how pipelining runs.
+
+``Strategy.parse("dp2mp2pp2")`` accepts the axes in any order; a missing axis has degree 1. The mesh
+is always ``[pp, dp, mp]`` (DESIGN §3): a rank's coordinates are (stage, dp replica, mp shard).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llama_model.config import LlamaConfig
+from llama_model.errors import LlamaModelError
+
+MESH_DIMS = ("pp", "dp", "mp")
+SCHEDULES = ("FThenB", "1F1B")
+_TOKEN = re.compile(r"(dp|mp|pp)(\d+)")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    dp: int = 1
+    mp: int = 1
+    pp: int = 1
+    micro_batches: int = 1  # gradient accumulation: micro-batches per optimizer step
+    schedule: str = "1F1B"  # pipeline schedule when pp > 1
+    # Decoder layers per stage; None splits them as evenly as possible (earlier stages take the extra).
+    stage_layers: tuple[int, ...] | None = None
+    # GPU only in Paddle 3.3.1 (both need reduce-scatter, which the CPU build lacks):
+    sequence_parallel: bool = (
+        False  # activations outside attention/MLP split over the sequence on mp
+    )
+    sharding_stage: int = (
+        0  # ZeRO-style sharding of optimizer state (1), + gradients (2), + params (3) over dp
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("dp", "mp", "pp", "micro_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LlamaModelError(f"{name} must be a positive integer, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise LlamaModelError(
+                f"unknown pipeline schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})"
+            )
+        if self.sharding_stage not in (0, 1, 2, 3):
+            raise LlamaModelError(
+                f"sharding_stage must be 0, 1, 2 or 3, got {self.sharding_stage!r}"
+            )
+        if self.sharding_stage and self.dp == 1:
+            raise LlamaModelError("sharding_stage shards over dp and needs dp > 1")
+        if self.sequence_parallel and self.mp == 1:
+            raise LlamaModelError("sequence_parallel splits over mp and needs mp > 1")
+        if self.stage_layers is not None:
+            object.__setattr__(self, "stage_layers", tuple(int(n) for n in self.stage_layers))
+            if len(self.stage_layers) != self.pp:
+                raise LlamaModelError(
+                    f"stage_layers has {len(self.stage_layers)} entries but pp is {self.pp}"
+                )
+            if any(n < 1 for n in self.stage_layers):
+                raise LlamaModelError(
+                    f"every stage needs at least one layer, got {list(self.stage_layers)}"
+                )
+
+    # ------------------------------------------------------------------------------------ parse
+    @classmethod
+    def parse(cls, text: str, **options) -> Strategy:
+        """``"dp2mp2pp2"``, ``"pp2-dp4"``, ``"mp8"``, ``"dp1"`` (one process). Options: the other
+        fields (micro_batches, schedule, stage_layers, sequence_parallel, sharding_stage)."""
+        spec = text.strip().lower().replace("-", "").replace("_", "").replace("x", "")
+        if not spec:
+            raise LlamaModelError("empty strategy string (expected e.g. 'dp2mp2pp2')")
+        degrees: dict[str, int] = {}
+        pos = 0
+        for match in _TOKEN.finditer(spec):
+            if match.start() != pos:
+                break
+            axis, degree = match.group(1), int(match.group(2))
+            if axis in degrees:
+                raise LlamaModelError(f"strategy {text!r} names {axis} twice")
+            if degree < 1:
+                raise LlamaModelError(f"strategy {text!r}: degree of {axis} must be ≥ 1")
+            degrees[axis] = degree
+            pos = match.end()
+        if pos != len(spec):
+            raise LlamaModelError(
+                f"cannot parse strategy {text!r}: expected axes dp/mp/pp each followed by a degree, e.g. 'dp2mp2pp2'"
+            )
+        return cls(**degrees, **options)
+
+    def __str__(self) -> str:
+        return f"dp{self.dp}mp{self.mp}pp{self.pp}"
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.mp * self.pp
+
+    @property
+    def mesh_shape(self) -> list[int]:
+        return [self.pp, self.dp, self.mp]
+
+    def coordinates(self, rank: int) -> tuple[int, int, int]:
+        """(pp stage, dp replica, mp shard) of a rank in the row-major [pp, dp, mp] mesh."""
+        stage, rest = divmod(rank, self.dp * self.mp)
+        dp_rank, mp_rank = divmod(rest, self.mp)
+        return stage, dp_rank, mp_rank
+
+    # ------------------------------------------------------------------------------- validation
+    def validate(
+        self, config: LlamaConfig, world_size: int | None = None, global_batch: int | None = None
+    ) -> None:
+        """Raise a one-line LlamaModelError when this layout cannot run ``config``."""
+        if world_size is not None and world_size != self.world_size:
+            raise LlamaModelError(
+                f"strategy {self} needs {self.world_size} processes but the world size is {world_size}"
+            )
+        checks = (
+            ("num_attention_heads", config.num_attention_heads),
+            ("num_key_value_heads", config.num_key_value_heads),
+            ("intermediate_size", config.intermediate_size),
+            ("vocab_size", config.vocab_size),
+        )
+        for name, value in checks:
+            if value % self.mp:
+                raise LlamaModelError(f"mp{self.mp} does not divide {name} ({value})")
+        if self.pp > config.num_hidden_layers:
+            raise LlamaModelError(
+                f"pp{self.pp} exceeds num_hidden_layers ({config.num_hidden_layers})"
+            )
+        if self.stage_layers is not None and sum(self.stage_layers) != config.num_hidden_layers:
+            raise LlamaModelError(
+                f"stage_layers {list(self.stage_layers)} sum to {sum(self.stage_layers)}, "
+                f"not num_hidden_layers ({config.num_hidden_layers})"
+            )
+        if self.pp > 1 and config.tie_word_embeddings:
+            raise LlamaModelError(
+                "tie_word_embeddings with pp > 1 is not supported: the embedding and the head live on different stages"
+            )
+        if global_batch is not None:
+            self.validate_batch(global_batch)
+
+    def validate_batch(self, global_batch: int) -> None:
+        if global_batch % (self.dp * self.micro_batches):
+            raise LlamaModelError(
+                f"global batch {global_batch} is not divisible by dp{self.dp} × {self.micro_batches} micro-batches"
+            )
+
+    def layer_split(self, num_layers: int) -> list[range]:
+        """The global decoder-layer indices of each pipeline stage."""
+        if self.stage_layers is not None:
+            counts = list(self.stage_layers)
+        else:
+            base, extra = divmod(num_layers, self.pp)
+            counts = [base + (1 if s < extra else 0) for s in range(self.pp)]
+        starts = [sum(counts[:s]) for s in range(self.pp)]
+        return [range(start, start + n) for start, n in zip(starts, counts)]

@@ -1,0 +1,96 @@
+"""Each gloo_compat patch exists because of a Paddle 3.3.1 defect. These tests pin the defect down:
+when one of them fails, Paddle changed underneath the patch; re-check whether the patch is still
+needed (and still right) before relaxing the test."""
+
+import inspect
+import warnings
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+import pytest
+
+from llama_model import gloo_compat
+
+pytestmark = pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="CPU-build defects")
+
+
+@pytest.fixture(autouse=True)
+def _unpatched():
+    # This process never initialised a distributed environment, so nothing was patched.
+    assert gloo_compat.applied() == [] or gloo_compat.applied() == ["process_mesh_numpy"]
+
+
+def test_defect1_process_mesh_converts_a_1d_array_to_int():
+    from paddle.distributed.auto_parallel.process_mesh import ProcessMesh
+
+    mesh = ProcessMesh(np.arange(8).reshape(2, 2, 2).tolist(), dim_names=["pp", "dp", "mp"])
+    original = ProcessMesh.__dict__["get_rank_by_dim_and_process_id"]
+    if "process_mesh_numpy" not in gloo_compat.applied():
+        # numpy < 2.4 warns (DeprecationWarning), numpy >= 2.4 raises: either way Paddle still does
+        # int() on a one-element array.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises((DeprecationWarning, TypeError)):
+                original(mesh, "dp", 6)
+    # the replacement gives the coordinate along the named dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        coords = np.argwhere(np.arange(8).reshape(2, 2, 2) == 6)[0]
+        assert [
+            gloo_compat._get_rank_by_dim_and_process_id(mesh, d, 6) for d in ("pp", "dp", "mp")
+        ] == list(coords)
+        assert gloo_compat._get_rank_by_dim_and_process_id(mesh, "dp", 9) == -1
+
+
+def test_defect2_gloo_groups_rendezvous_on_the_global_store():
+    from paddle.distributed import collective
+
+    source = inspect.getsource(collective._new_process_group_impl)
+    # the gloo group is built straight on the global store, with no per-group key prefix
+    assert "core.ProcessGroupGloo.create(store, rank, world_size, group_id)" in source
+
+
+def test_defect3_pipeline_posts_every_p2p_op_of_a_batch_at_once():
+    from paddle.distributed.auto_parallel.pipelining import schedules
+
+    assert schedules._batch_p2p is not gloo_compat._ordered_blocking_p2p
+    assert "dist.batch_isend_irecv(p2p_ops)" in inspect.getsource(schedules._batch_p2p)
+
+
+def test_defect3_replacement_orders_ops_per_peer(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "send", lambda t, peer, group=None: calls.append(("send", peer)))
+    monkeypatch.setattr(dist, "recv", lambda t, peer, group=None: calls.append(("recv", peer)))
+
+    class Op:
+        def __init__(self, op, peer):
+            self.op, self.peer, self.tensor, self.group = op, peer, None, None
+
+    # the order a 1F1B steady state posts them: sends first
+    ops = [Op(dist.isend, 2), Op(dist.isend, 0), Op(dist.irecv, 2), Op(dist.irecv, 0)]
+    assert gloo_compat._ordered_blocking_p2p(ops).wait()
+    # with the lower peer 0: receive before sending; with the higher peer 2: send before receiving
+    assert calls == [("recv", 0), ("send", 0), ("send", 2), ("recv", 2)]
+
+
+def test_defect4_tensor_cuda_raises_on_a_cpu_build():
+    assert paddle.Tensor.cuda is not gloo_compat._cuda_noop
+    with pytest.raises(ValueError, match="No available device"):
+        paddle.to_tensor([1.0]).cuda()
+
+
+def test_defect5_static_process_group_knows_only_gpu_backends(monkeypatch):
+    from types import SimpleNamespace
+
+    from paddle.distributed.auto_parallel.static import process_group
+    from paddle.distributed.auto_parallel.static.process_group import ProcessGroup
+
+    assert not getattr(ProcessGroup.instantiate, "_llama_model_patch", False)
+    # rank 0 of a two-rank job on a CPU build, as a launched gloo worker sees itself
+    env = SimpleNamespace(rank=0, trainer_endpoints=["127.0.0.1:1", "127.0.0.1:2"],
+                          current_endpoint="127.0.0.1:1", device_id=0, device_type="cpu")  # fmt: skip
+    monkeypatch.setattr(process_group, "_get_global_env", lambda: env)
+    with pytest.raises(AssertionError, match="No CUDA device found"):
+        ProcessGroup(4242, [0, 1]).instantiate()

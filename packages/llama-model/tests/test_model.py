@@ -1,0 +1,103 @@
+import numpy as np
+import paddle
+import pytest
+
+from llama_model import LlamaForCausalLM, LlamaModelError, kernel_backend, preset
+from llama_model.kernels import causal_attention
+from llama_model.loss import causal_lm_loss
+
+
+def _batch(cfg, b=2, s=12, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, (b, s + 1))
+    return paddle.to_tensor(ids[:, :-1]), paddle.to_tensor(ids[:, 1:])
+
+
+def test_pipeline_stages_compose_to_the_whole_model():
+    cfg = preset("tiny")
+    whole = LlamaForCausalLM(cfg)
+    whole.init_weights(5)
+    first = LlamaForCausalLM(cfg, layer_ids=[0], first=True, last=False)
+    rest = LlamaForCausalLM(cfg, layer_ids=[1, 2, 3], first=False, last=True)
+    for stage in (first, rest):
+        stage.init_weights(5)
+    names = {n for n, _ in whole.named_parameters()}
+    stage_names = [n for s in (first, rest) for n, _ in s.named_parameters()]
+    assert sorted(stage_names) == sorted(names)  # full-model names, each exactly once
+    assert "llama.layers.2.mlp.down_proj.weight" in dict(rest.named_parameters())
+    ids, _ = _batch(cfg)
+    np.testing.assert_array_equal(rest(first(ids)).numpy(), whole(ids).numpy())
+
+
+def test_init_weights_scale_and_norms():
+    cfg = preset("tiny", initializer_range=0.05)
+    model = LlamaForCausalLM(cfg)
+    model.init_weights(0)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert np.all(state["llama.layers.1.input_layernorm.weight"] == 1.0)
+    assert abs(state["llama.embed_tokens.weight"].std() - 0.05) < 0.002
+    assert not np.array_equal(
+        state["llama.layers.0.mlp.up_proj.weight"], state["llama.layers.1.mlp.up_proj.weight"]
+    )
+
+
+@pytest.mark.parametrize("recompute", ["full", "attention"])
+def test_recompute_gives_the_same_loss_and_gradients(recompute):
+    cfg = preset("tiny")
+    ids, labels = _batch(cfg)
+    results = []
+    for mode in (None, recompute):
+        model = LlamaForCausalLM(cfg, recompute=mode)
+        model.init_weights(1)
+        loss = causal_lm_loss(model(ids), labels)
+        loss.backward()
+        results.append((float(loss), {n: p.grad.numpy() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == loss_b
+    for name in grads_a:
+        np.testing.assert_allclose(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_bad_recompute_choice():
+    with pytest.raises(LlamaModelError, match="recompute must be one of"):
+        LlamaForCausalLM(preset("tiny"), recompute="selective")
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_attention_matches_paddle_sdpa(kv_heads):
+    rng = np.random.default_rng(kv_heads)
+    q = paddle.to_tensor(rng.standard_normal((2, 9, 4, 8)).astype(np.float32))
+    k = paddle.to_tensor(rng.standard_normal((2, 9, kv_heads, 8)).astype(np.float32))
+    v = paddle.to_tensor(rng.standard_normal((2, 9, kv_heads, 8)).astype(np.float32))
+    want = paddle.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, enable_gqa=True
+    )
+    np.testing.assert_allclose(
+        causal_attention(q, k, v).numpy(), want.numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_kernel_backend_is_plain_paddle_without_llama_ops():
+    try:
+        import llama_ops  # noqa: F401
+    except ImportError:
+        assert kernel_backend() == "paddle"
+    else:
+        assert kernel_backend().startswith("llama-ops:")
+
+
+def test_hf_name_mapping_round_trip():
+    from llama_model import state_dict_from_hf, state_dict_to_hf
+
+    model = LlamaForCausalLM(preset("tiny"))
+    model.init_weights(0)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    hf = state_dict_to_hf(state)
+    assert "model.layers.1.self_attn.k_proj.weight" in hf and "lm_head.weight" in hf
+    # transformers stores Linear weights [out, in]: k_proj maps hidden 64 -> 2 kv heads x 16
+    assert hf["model.layers.1.self_attn.k_proj.weight"].shape == (32, 64)
+    np.testing.assert_array_equal(hf["model.norm.weight"], state["llama.norm.weight"])
+    back = state_dict_from_hf(hf)
+    assert sorted(back) == sorted(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k])

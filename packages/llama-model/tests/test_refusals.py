@@ -1,0 +1,57 @@
+"""What Paddle 3.3.1 cannot run on a CPU build is refused up front, in one line."""
+
+import paddle
+import pytest
+
+from llama_model import LlamaModelError, ParallelModel, Strategy, preset
+from llama_model.parallel import check_backend_support
+from llama_model.static import check_static_supported
+
+cpu_only = pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="CPU-build refusals")
+
+
+@cpu_only
+@pytest.mark.parametrize(
+    ("strategy", "dtype", "message"),
+    [
+        (Strategy(), "bfloat16", "bfloat16 compute needs a GPU"),
+        (Strategy(mp=2, sequence_parallel=True), "float32", "sequence_parallel needs a GPU"),
+        (Strategy(dp=2, sharding_stage=2), "float32", "sharding_stage 2 needs a GPU"),
+    ],
+)
+def test_gpu_only_paths_refuse_on_cpu(strategy, dtype, message):
+    with pytest.raises(LlamaModelError) as err:
+        ParallelModel.build(preset("tiny"), strategy, compute_dtype=dtype)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_same_options_pass_the_check_on_gpu():
+    check_backend_support(
+        Strategy(dp=2, mp=2, sequence_parallel=True, sharding_stage=1), "bfloat16", on_gpu=True
+    )
+    with pytest.raises(LlamaModelError, match="compute_dtype must be one of"):
+        check_backend_support(Strategy(), "float16", on_gpu=True)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "on_gpu", "message"),
+    [
+        (Strategy(dp=2, mp=2), False, "to_static with dp×mp needs a GPU"),
+        (Strategy(pp=2), True, "does not support pp > 1"),
+        (Strategy(dp=2, micro_batches=2), False, "use micro_batches=1"),
+    ],
+)
+def test_to_static_refusals(strategy, on_gpu, message):
+    with pytest.raises(LlamaModelError, match=message):
+        check_static_supported(strategy, on_gpu=on_gpu)
+
+
+def test_to_static_allowed_layouts():
+    for strategy in (Strategy(), Strategy(dp=4), Strategy(mp=2)):
+        check_static_supported(strategy, on_gpu=False)
+    check_static_supported(Strategy(dp=2, mp=2), on_gpu=True)
+
+
+def test_world_size_mismatch_is_refused():
+    with pytest.raises(LlamaModelError, match="needs 2 processes but the world size is 1"):
+        ParallelModel.build(preset("tiny"), Strategy(dp=2))

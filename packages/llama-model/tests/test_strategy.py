@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from llama_model import LlamaModelError, Strategy, preset
+
+
+@pytest.mark.parametrize("text", ["dp2mp2pp2", "pp2dp2mp2", "mp2-pp2-dp2", "DP2xMP2xPP2"])
+def test_parse_any_order(text):
+    s = Strategy.parse(text)
+    assert (s.dp, s.mp, s.pp, s.world_size) == (2, 2, 2, 8)
+    assert s.mesh_shape == [2, 2, 2]
+
+
+def test_missing_axes_are_one():
+    s = Strategy.parse("mp4", micro_batches=8, schedule="FThenB")
+    assert (s.dp, s.mp, s.pp, s.micro_batches, s.schedule) == (1, 4, 1, 8, "FThenB")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty strategy"),
+        ("dp2tp2", "cannot parse"),
+        ("dp2dp2", "names dp twice"),
+        ("dp0", "≥ 1"),
+        ("dp", "cannot parse"),
+    ],
+)
+def test_bad_strings(text, message):
+    with pytest.raises(LlamaModelError, match=message):
+        Strategy.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "changes", "message"),
+    [
+        ("mp3", {}, "mp3 does not divide num_attention_heads"),
+        ("mp4", {}, "mp4 does not divide num_key_value_heads (2)"),
+        ("mp2", {"vocab_size": 255}, "vocab_size (255)"),
+        ("pp8", {}, "pp8 exceeds num_hidden_layers"),
+        ("pp2", {"tie_word_embeddings": True}, "tie_word_embeddings with pp > 1"),
+    ],
+)
+def test_validate_against_config(text, changes, message):
+    with pytest.raises(LlamaModelError) as err:
+        Strategy.parse(text).validate(preset("tiny", **changes))
+    assert message in str(err.value)
+
+
+def test_world_size_and_batch_mismatch():
+    s = Strategy.parse("dp2mp2", micro_batches=4)
+    with pytest.raises(LlamaModelError, match="needs 4 processes but the world size is 8"):
+        s.validate(preset("tiny"), world_size=8)
+    with pytest.raises(LlamaModelError, match="global batch 12 is not divisible by dp2 × 4"):
+        s.validate(preset("tiny"), world_size=4, global_batch=12)
+
+
+def test_layer_split_even_and_configured():
+    assert [list(r) for r in Strategy(pp=3).layer_split(8)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [list(r) for r in Strategy(pp=2, stage_layers=(1, 3)).layer_split(4)] == [[0], [1, 2, 3]]
+    with pytest.raises(LlamaModelError, match="sum to 5"):
+        Strategy(pp=2, stage_layers=(2, 3)).validate(preset("tiny"))
+    with pytest.raises(LlamaModelError, match="2 entries but pp is 3"):
+        Strategy(pp=3, stage_layers=(2, 2))
+
+
+def test_coordinates_follow_the_pp_dp_mp_mesh():
+    s = Strategy.parse("dp2mp2pp2")
+    mesh = np.arange(8).reshape(2, 2, 2)  # [pp, dp, mp], row-major like ProcessMesh
+    for rank in range(8):
+        assert s.coordinates(rank) == tuple(int(c[0]) for c in np.where(mesh == rank))
+
+
+def test_gpu_only_options_need_their_axis():
+    with pytest.raises(LlamaModelError, match="needs dp > 1"):
+        Strategy(mp=2, sharding_stage=1)
+    with pytest.raises(LlamaModelError, match="needs mp > 1"):
+        Strategy(dp=2, sequence_parallel=True)

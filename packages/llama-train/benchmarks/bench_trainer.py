@@ -1,0 +1,208 @@
+"""Trainer overhead, layout throughput and start-up time of ``llama-train`` (CPU, fp32).
+
+1. Config "T" (vocab 8192, hidden 256, intermediate 688, 4 layers, 8 heads, seq 256, batch 8), one
+   process: the bare ``ParallelModel`` step (forward_backward + AdamW step + clear_grad) against
+   ``llama-train``'s step (the same plus the global-norm clip the trainer always does), each in its
+   own subprocess, alternated, in this run. Two trainer figures: its step time as logged (data
+   loading, logging and checkpoints excluded: the overhead the budget of 5% is about), and its wall
+   time per step over the whole loop (data loading and logging included; no checkpoint is saved).
+2. The tiny preset, dp2mp2pp2 (8 processes through the launcher) against one process: tokens/s.
+3. Time from the command to the first logged step, one process and 8 processes.
+
+    python bench_trainer.py [--steps 12] [--warmup 3] [--repeats 2] [--skip-dist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_BATCH, T_SEQ = 8, 256
+
+
+def _make_data(root: Path, vocab: int, tokens: int) -> str:
+    import numpy as np
+
+    from llama_data import IndexedDatasetWriter
+
+    rng = np.random.default_rng(0)
+    prefix = root / f"random{vocab}"
+    with IndexedDatasetWriter(prefix, np.uint16) as writer:
+        for _ in range(tokens // 1000):
+            writer.add_document(rng.integers(0, vocab, size=1000))
+    return str(prefix)
+
+
+# ----------------------------------------------------------------------------------- workers
+def worker_bare(steps: int, warmup: int, data: str) -> dict:
+    import numpy as np
+    import paddle
+
+    from llama_data import GPTDataset
+    from llama_model import ParallelModel, Strategy, preset
+
+    ds = GPTDataset(data, seq_len=T_SEQ, num_samples=1, split="1")
+    pm = ParallelModel.build(preset("bench-t"), Strategy(), seed=0)
+    opt = paddle.optimizer.AdamW(learning_rate=1e-4, weight_decay=0.01, parameters=pm.parameters())
+    times = []
+    for step in range(warmup + steps):
+        rows = np.stack([ds[step * T_BATCH + i] for i in range(T_BATCH)])
+        start = time.perf_counter()
+        pm.forward_backward(rows[:, :-1], rows[:, 1:])
+        opt.step()
+        opt.clear_grad()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"step_s": statistics.median(times)}
+
+
+def worker_trainer(steps: int, warmup: int, data: str, out: str) -> dict:
+    from llama_train.metrics import read_metrics
+    from llama_train.options import resolve
+    from llama_train.preparation import prepare
+    from llama_train.worker import run_worker
+
+    flags = {"model_config": "bench-t", "data": (data,), "output": out, "seq_len": T_SEQ, "micro_batch_size": T_BATCH,
+             "max_steps": warmup + steps, "lr": 1e-4, "split": "1", "eval_every": 0, "save_every": 0, "log_every": 1}  # fmt: skip
+    cfg = prepare(resolve({}, flags))
+    start = time.perf_counter()
+    run_worker(cfg)
+    total = time.perf_counter() - start
+    records = [r for r in read_metrics(out) if r["split"] == "train" and r["step"] > warmup]
+    wall_steps = [r["time"] for r in read_metrics(out) if r["split"] == "train"]
+    wall = (wall_steps[-1] - wall_steps[warmup - 1]) / steps
+    return {
+        "step_s": statistics.median(r["step_time_s"] for r in records),
+        "wall_step_s": wall,
+        "total_s": total,
+    }
+
+
+def _subprocess(kind: str, *args) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------- launches
+def _cli() -> list[str]:
+    script = Path(sys.executable).parent / "llama-train"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "llama_train"]
+
+
+def timed_run(strategy: str, data: str, out: Path, steps: int) -> dict:
+    """Runs the CLI; returns seconds to the first step line and the median logged step time."""
+    args = ["--strategy", strategy, "--model-config", "tiny", "--tokenizer", "byte", "--data", data, "--output", str(out),
+            "--seq-len", "64", "--micro-batch-size", "2", "--global-batch-size", "8", "--max-steps", str(steps),
+            "--eval-every", "0", "--save-every", "0", "--lr", "1e-3", "--split", "1"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [*_cli(), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    first = None
+    for line in proc.stdout:
+        if first is None and line.startswith("step 1/"):
+            first = time.perf_counter() - start
+    if proc.wait() != 0:
+        raise RuntimeError(f"llama-train {strategy} failed (see {out}/logs)")
+    from llama_train.metrics import read_metrics
+
+    records = [r for r in read_metrics(str(out)) if r["split"] == "train" and r["step"] > 3]
+    step = statistics.median(r["step_time_s"] for r in records)
+    return {
+        "first_step_s": first,
+        "step_s": step,
+        "tokens_per_s": 8 * 64 / step,
+        "total_s": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dist-steps", type=int, default=30)
+    ap.add_argument("--skip-dist", action="store_true")
+    ap.add_argument("--worker", nargs="+")
+    args = ap.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        result = (
+            worker_bare(int(rest[0]), int(rest[1]), rest[2])
+            if kind == "bare"
+            else worker_trainer(int(rest[0]), int(rest[1]), rest[2], rest[3])
+        )
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data_t = _make_data(root, 8192, 400_000)
+        bare, trainer = [], []
+        for rep in range(args.repeats):
+            bare.append(_subprocess("bare", args.steps, args.warmup, data_t))
+            trainer.append(
+                _subprocess("trainer", args.steps, args.warmup, data_t, root / f"t{rep}")
+            )
+        b = statistics.median(r["step_s"] for r in bare)
+        t = statistics.median(r["step_s"] for r in trainer)
+        w = statistics.median(r["wall_step_s"] for r in trainer)
+        tokens = T_BATCH * T_SEQ
+        print(
+            f"\nConfig T, one process, fp32, {args.steps} timed steps after {args.warmup}, median of {args.repeats} runs each"
+        )
+        print(f"{'':44s} {'step (ms)':>10s} {'tokens/s':>10s} {'vs bare':>8s}")
+        print(f"{'bare ParallelModel step':44s} {b * 1e3:10.1f} {tokens / b:10.0f} {1.0:8.3f}")
+        print(
+            f"{'llama-train step (clip included)':44s} {t * 1e3:10.1f} {tokens / t:10.0f} {t / b:8.3f}"
+        )
+        print(
+            f"{'llama-train wall per step (data, logging)':44s} {w * 1e3:10.1f} {tokens / w:10.0f} {w / b:8.3f}"
+        )
+        print(
+            f"trainer overhead: {100 * (t / b - 1):+.1f}% (step), {100 * (w / b - 1):+.1f}% (wall); budget +5%"
+        )
+        if args.skip_dist:
+            return
+        import numpy as np
+
+        from llama_data import IndexedDatasetWriter
+
+        prefix = root / "bytes"
+        rng = np.random.default_rng(1)
+        with IndexedDatasetWriter(prefix, np.uint16) as writer:
+            for _ in range(200):
+                writer.add_document(rng.integers(0, 256, size=1000))
+        one = timed_run("dp1", str(prefix), root / "one", args.dist_steps)
+        eight = timed_run("dp2mp2pp2", str(prefix), root / "eight", args.dist_steps)
+        print("\nTiny preset, seq 64, global batch 8, fp32; median logged step after 3")
+        print(
+            f"{'':28s} {'step (ms)':>10s} {'tokens/s':>10s} {'ratio':>7s} {'to 1st step (s)':>16s}"
+        )
+        print(
+            f"{'1 process':28s} {one['step_s'] * 1e3:10.1f} {one['tokens_per_s']:10.0f} {1.0:7.2f} {one['first_step_s']:16.1f}"
+        )
+        print(f"{'dp2mp2pp2, 8 processes':28s} {eight['step_s'] * 1e3:10.1f} {eight['tokens_per_s']:10.0f} "
+              f"{eight['tokens_per_s'] / one['tokens_per_s']:7.2f} {eight['first_step_s']:16.1f}")  # fmt: skip
+        print(
+            f"(CPU cores: {os.cpu_count()}; 8 processes on few cores measure overhead, not scaling)"
+        )
+
+
+if __name__ == "__main__":
+    main()

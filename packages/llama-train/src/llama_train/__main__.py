@@ -1,0 +1,3 @@
+from llama_train.cli import main
+
+main()

@@ -1,0 +1,253 @@
+"""Training checkpoints: atomic, resumable across layouts, with a ``latest`` pointer and keep-last-K.
+
+Layout (``OUTPUT/checkpoints/``)::
+
+    step-00001000/
+        0.metadata, {rank}_0.distcp     dist.save_state_dict of every rank's share:
+                                          model.<param name>, optimizer.<param name>.<accumulator>
+        config.json                     the model config (Hugging Face field names)
+        trainer_state.json              step, consumed samples, seed, strategy, data fingerprint, ...
+        tokenizer.model | tokenizer.json   copied from --tokenizer, when it is a file
+        COMPLETE                        written last, before the directory gets its final name
+    latest                              a text file naming the newest complete checkpoint
+
+A save goes to ``step-XXXXXXXX.tmp`` (every rank writes its pieces), then rank 0 adds the JSON
+files and ``COMPLETE``, renames the directory to its final name and replaces ``latest`` through a
+temporary file and ``os.replace``. A crash at any point leaves ``latest`` on the previous complete
+checkpoint; a leftover ``.tmp`` directory is removed by the next run. ``latest`` is a small text
+file rather than a symlink so that it survives copies to object stores and file systems without links.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llama_train.errors import TrainError
+
+FORMAT = "llama-train-checkpoint"
+FORMAT_VERSION = 1
+MODEL_PREFIX = "model."
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer updates done
+    consumed_samples: int = 0  # samples of the train order read so far
+    global_batch_size: int = 0
+    seed: int = 0
+    strategy: str = ""
+    world_size: int = 1
+    data_fingerprint: str = ""
+    seq_len: int = 0
+    loss: float | None = None  # loss of the last step
+    # Random draws are seeded per step from (seed, step): the state is the pair, not a generator dump.
+    rng: str = "paddle.seed(seed * 1_000_003 + step) before each step; numpy is not used for draws"
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+    saved_at: float = 0.0
+
+    @classmethod
+    def read(cls, path: Path) -> TrainerState:
+        try:
+            data = json.loads((path / TRAINER_STATE).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainError(f"{path}: unreadable {TRAINER_STATE} ({exc})") from None
+        if data.get("format") != FORMAT:
+            raise TrainError(
+                f"{path}: not a llama-train checkpoint ({TRAINER_STATE} says {data.get('format')!r})"
+            )
+        if data.get("version") != FORMAT_VERSION:
+            raise TrainError(
+                f"{path}: checkpoint format version {data.get('version')} (this llama-train reads {FORMAT_VERSION})"
+            )
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file() and (path / TRAINER_STATE).is_file()
+
+
+def resolve_resume(spec: str | None, output: str) -> Path | None:
+    """The checkpoint to resume from: None to start fresh. ``auto``: the latest complete checkpoint of
+    ``output`` (None if it has none); a path: a step directory, a ``checkpoints/`` directory or a run
+    directory (its latest)."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        return latest(Path(output) / "checkpoints")
+    path = Path(spec)
+    for candidate in (path, path / "checkpoints"):
+        if (candidate / LATEST).is_file():
+            found = latest(candidate)
+            if found is None:
+                raise TrainError(
+                    f"--resume {spec}: {candidate / LATEST} names no complete checkpoint"
+                )
+            return found
+    if not path.is_dir():
+        raise TrainError(f"--resume {spec}: no such checkpoint directory")
+    if not is_complete(path):
+        raise TrainError(f"--resume {spec}: not a complete checkpoint (no {COMPLETE} marker)")
+    return path
+
+
+def latest(checkpoints: Path) -> Path | None:
+    try:
+        name = (checkpoints / LATEST).read_text().strip()
+    except OSError:
+        return None
+    path = checkpoints / name
+    return path if name and is_complete(path) else None
+
+
+# Fault injection for the crash-safety test: rank 0 kills itself (SIGKILL) in the save of this step,
+# after the shards are written and before the checkpoint is published.
+FAULT_ENV = "LLAMA_TRAIN_FAULT_KILL_IN_SAVE"
+
+
+def _maybe_inject_crash(step: int, rank: int) -> None:
+    if rank == 0 and os.environ.get(FAULT_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CheckpointManager:
+    """Saves and loads the checkpoints of one run; every rank makes the same calls."""
+
+    def __init__(
+        self,
+        output: str,
+        rank: int,
+        world_size: int,
+        keep_last: int,
+        model_config,
+        tokenizer: str | None,
+    ):
+        self.root = Path(output) / "checkpoints"
+        self.rank = rank
+        self.world_size = world_size
+        self.keep_last = keep_last
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for leftover in self.root.glob("step-*.tmp"):
+                shutil.rmtree(leftover, ignore_errors=True)  # a save that was killed half-way
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            import paddle.distributed as dist
+
+            dist.barrier()
+
+    # ------------------------------------------------------------------------------------ save
+    def save(self, state: TrainerState, tensors: dict) -> Path:
+        """Write ``tensors`` (model.* and optimizer.* of this rank) and ``state`` as step ``state.step``."""
+        import paddle.distributed as dist
+
+        final = self.root / step_dir_name(state.step)
+        if is_complete(final):  # e.g. a signal right after the periodic save of the same step
+            return final
+        tmp = final.with_name(final.name + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        dist.save_state_dict(tensors, str(tmp))
+        self._barrier()
+        _maybe_inject_crash(state.step, self.rank)
+        if self.rank == 0:
+            self._publish(tmp, final, state)
+        self._barrier()
+        return final
+
+    def _publish(self, tmp: Path, final: Path, state: TrainerState) -> None:
+        self.model_config.to_json(str(tmp / "config.json"))
+        self._copy_tokenizer(tmp)
+        state.saved_at = time.time()
+        _write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=2) + "\n")
+        _write_atomic(tmp / COMPLETE, f"{state.step}\n")
+        _fsync_dir(tmp)
+        if final.exists():  # an incomplete directory of the same step from an older layout
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+        _write_atomic(self.root / LATEST, final.name + "\n")
+        _fsync_dir(self.root)
+        self._prune(keep=final.name)
+
+    def _copy_tokenizer(self, target: Path) -> None:
+        if not self.tokenizer or self.tokenizer == "byte":
+            return
+        src = Path(self.tokenizer)
+        if src.is_dir():
+            for name in TOKENIZER_FILES:
+                if (src / name).is_file():
+                    shutil.copyfile(src / name, target / name)
+        elif src.is_file():
+            name = "tokenizer.json" if src.suffix == ".json" else "tokenizer.model"
+            shutil.copyfile(src, target / name)
+
+    def _prune(self, keep: str) -> None:
+        if not self.keep_last:
+            return
+        steps = sorted(p for p in self.root.iterdir() if _STEP_DIR.match(p.name))
+        for old in steps[: -self.keep_last]:
+            if old.name != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------ load
+    def load(self, path: Path, tensors: dict) -> TrainerState:
+        """Fill ``tensors`` in place from the checkpoint at ``path`` (any layout: Paddle reshards)."""
+        import paddle.distributed as dist
+
+        state = TrainerState.read(path)
+        try:
+            dist.load_state_dict(tensors, str(path))
+        except (KeyError, ValueError, AssertionError) as exc:
+            raise TrainError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+        return state

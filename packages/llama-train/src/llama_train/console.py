@@ -1,0 +1,48 @@
+"""What the user sees: log lines, under a progress bar when the output is a terminal.
+
+The trainer (in a one-process run) and the launcher (relaying rank 0's lines in a launched one)
+both talk through this, so a terminal gets a bar either way and a file or pipe gets plain lines.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+STEP_LINE = re.compile(r"^step (\d+)/(\d+)\b")
+
+
+class Console:
+    def __init__(self, stream=None, bar: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.use_bar = self.stream.isatty() if bar is None else bar
+        self._bar = None
+
+    def line(self, text: str) -> None:
+        match = STEP_LINE.match(text)
+        if match and self.use_bar:
+            self._advance(int(match.group(1)), int(match.group(2)))
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _advance(self, step: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(
+                total=total,
+                initial=step,
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=True,
+            )
+        self._bar.n = step
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

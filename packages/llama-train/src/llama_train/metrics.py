@@ -1,0 +1,120 @@
+"""Throughput, model FLOPs utilisation and the metrics file.
+
+FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B), the convention nanoGPT and
+torchtitan use too::
+
+    flops/token = 6·N + 12·L·H·Q·T
+
+* ``N``: parameters that take part in a matmul: every weight except the input embedding (a table
+  lookup); the LM head counts. 6 = 2 FLOPs per multiply-add × (1 forward + 2 backward).
+* ``12·L·H·Q·T``: the attention scores and the weighted sum, ``L`` layers, ``H`` heads of ``Q``
+  dimensions, sequence length ``T``, forward and backward; the causal mask is not discounted.
+* Recomputation is not counted (model FLOPs, not hardware FLOPs).
+
+MFU = tokens/s × flops/token ÷ (devices × peak FLOP/s of one device). The peak is ``--peak-tflops``,
+or for a known GPU its dense bf16 figure; on CPU there is none and MFU is not reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FLOPS_FORMULA = "6N + 12·L·H·Q·T (PaLM; N = matmul parameters incl. LM head, excl. input embedding)"
+
+# Dense bf16 tensor-core peaks (TFLOP/s) of common GPUs, by a substring of the device name.
+_GPU_PEAK_TFLOPS = (
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("V100", 125.0),
+)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    n_matmul = config.num_parameters() - config.vocab_size * config.hidden_size * (
+        0 if config.tie_word_embeddings else 1
+    )
+    attention = (
+        12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq_len
+    )
+    return 6.0 * n_matmul + attention
+
+
+def default_peak_tflops(compute_dtype: str) -> float | None:
+    try:
+        import paddle
+
+        if not paddle.is_compiled_with_cuda() or compute_dtype != "bfloat16":
+            return None
+        name = paddle.device.cuda.get_device_name()
+    except Exception:  # no device information: no MFU rather than a wrong one
+        return None
+    for key, peak in _GPU_PEAK_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+class MetricsFile:
+    """``OUTPUT/metrics.jsonl``: one JSON object per logged step or evaluation (rank 0 writes it)."""
+
+    def __init__(self, output: str, resume_step: int | None):
+        self.path = Path(output) / "metrics.jsonl"
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            self._truncate_after(resume_step)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop records of steps past the checkpoint a resumed run starts from (they are redone)."""
+        if not self.path.exists():
+            return
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(output: str) -> list[dict]:
+    path = Path(output) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_step(record: dict, max_steps: int) -> str:
+    """The log line of a train record (the launcher parses its leading ``step k/n``)."""
+    parts = [
+        f"step {record['step']}/{max_steps}",
+        f"loss {record['loss']:.4f}",
+        f"lr {record['lr']:.3e}",
+    ]
+    if record.get("grad_norm") is not None:
+        parts.append(f"grad_norm {record['grad_norm']:.3f}")
+    parts += [
+        f"tokens/s {record['tokens_per_s']:,.0f}",
+        f"tokens/s/device {record['tokens_per_s_per_device']:,.0f}",
+        f"step_time {record['step_time_s'] * 1000:.1f}ms",
+    ]
+    if record.get("mfu") is not None:
+        parts.append(f"mfu {record['mfu'] * 100:.1f}%")
+    return " | ".join(parts)
+
+
+def format_eval(record: dict) -> str:
+    return f"eval step {record['step']} | valid_loss {record['valid_loss']:.4f} | valid_ppl {record['valid_ppl']:.2f}"

@@ -1,0 +1,97 @@
+"""From options to the model's shape and parallel layout: LlamaConfig, vocabulary, Strategy, checks.
+
+A preset gives the network's shape; its vocabulary becomes the tokenizer's, rounded up to a multiple
+of ``--make-vocab-size-divisible-by`` (Megatron's padding, kept independent of mp so that a
+checkpoint moves between layouts). A config file is taken as it is: the tokenizer must fit in it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from llama_model import PRESETS, LlamaConfig, LlamaModelError, Strategy, preset
+from llama_train.errors import TrainError
+from llama_train.options import RunConfig
+
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+def tokenizer_vocab_size(spec: str) -> int:
+    from llama_data import DataError, load_tokenizer
+
+    try:
+        return int(load_tokenizer(spec).vocab_size)
+    except DataError as exc:
+        raise TrainError(f"--tokenizer: {exc}") from None
+
+
+def model_config(cfg: RunConfig) -> LlamaConfig:
+    vocab = tokenizer_vocab_size(cfg.tokenizer) if cfg.tokenizer else None
+    try:
+        if cfg.model_config in PRESETS:
+            if vocab is None:
+                return preset(cfg.model_config)
+            step = cfg.make_vocab_size_divisible_by
+            return preset(cfg.model_config, vocab_size=-(-vocab // step) * step)
+        if not os.path.exists(cfg.model_config):
+            raise TrainError(
+                f"--model-config {cfg.model_config!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
+            )
+        config = LlamaConfig.from_json(cfg.model_config)
+    except LlamaModelError as exc:
+        raise TrainError(f"--model-config: {exc}") from None
+    if vocab is not None and vocab > config.vocab_size:
+        raise TrainError(
+            f"the tokenizer has {vocab} tokens but the model's vocab_size is {config.vocab_size}"
+        )
+    return config
+
+
+def strategy_of(cfg: RunConfig) -> Strategy:
+    try:
+        return Strategy.parse(
+            cfg.strategy, micro_batches=cfg.accumulation, schedule=cfg.pp_schedule
+        )
+    except LlamaModelError as exc:
+        raise TrainError(f"--strategy: {exc}") from None
+
+
+def resolve_seq_len(cfg: RunConfig, config: LlamaConfig) -> None:
+    if cfg.seq_len is None:
+        cfg.seq_len = min(config.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
+    if cfg.seq_len > config.max_position_embeddings:
+        raise TrainError(
+            f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings ({config.max_position_embeddings})"
+        )
+
+
+def check_layout(cfg: RunConfig, config: LlamaConfig, strategy: Strategy) -> None:
+    """Degrees against the model and the batch, and what the backend can run, each in one line."""
+    from llama_model.parallel import check_backend_support
+
+    try:
+        strategy.validate(config, global_batch=cfg.batch_size)
+        check_backend_support(strategy, compute_dtype(cfg))
+    except LlamaModelError as exc:
+        raise TrainError(str(exc)) from None
+    if cfg.to_static:
+        from llama_model.static import check_static_supported
+
+        try:
+            check_static_supported(strategy)
+        except LlamaModelError as exc:
+            raise TrainError(f"--to-static: {exc}") from None
+        raise TrainError(
+            "--to-static is not available in this version: the compiled step keeps its optimizer "
+            "state under Paddle's automatic names (no resume across layouts) and cannot report the "
+            "gradient norm; the eager step is the supported path"
+        )
+
+
+def compute_dtype(cfg: RunConfig) -> str:
+    if cfg.amp == "fp16":
+        raise TrainError(
+            "--amp fp16 is not supported: the model computes in float32 or bfloat16 (fp16 would need "
+            "loss scaling, and on CPU Paddle 3.3.1 has no fp16 training kernels); use --amp bf16 on a GPU"
+        )
+    return {"off": "float32", "bf16": "bfloat16"}[cfg.amp]

@@ -1,0 +1,185 @@
+"""The training loop: one optimizer step per global batch, with logging, evaluation and checkpoints.
+
+Per step ``k`` (counted from 1): seed the random generators from (seed, k), set the learning rate
+of step k, read the global batch at the consumed-sample position, forward + backward over the
+micro-batches and stages, stop on a non-finite loss before anything is updated, clip by the
+global gradient norm, update, then log / evaluate / save as the cadences say, and stop when the
+ranks agree that a signal arrived.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from llama_train import optimizer as optim
+from llama_train.checkpoint import MODEL_PREFIX, CheckpointManager, TrainerState
+from llama_train.errors import NonFiniteLoss
+from llama_train.metrics import (
+    FLOPS_FORMULA,
+    MetricsFile,
+    flops_per_token,
+    format_eval,
+    format_step,
+)
+from llama_train.schedule import LRSchedule
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+@dataclass
+class _Window:
+    """Throughput over the steps since the last log line."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.steps += 1
+        self.seconds += seconds
+
+    def reset(self) -> None:
+        self.steps, self.seconds = 0, 0.0
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg,
+        pm,
+        opt,
+        data,
+        ckpt: CheckpointManager,
+        state: TrainerState,
+        *,
+        console=None,
+        metrics: MetricsFile | None = None,
+        stop=None,
+        peak_tflops=None,
+    ):
+        self.cfg = cfg
+        self.pm = pm
+        self.opt = opt
+        self.data = data
+        self.ckpt = ckpt
+        self.state = state
+        self.console = console  # rank 0 only
+        self.metrics = metrics  # rank 0 only
+        self.stop = stop
+        self.schedule = LRSchedule.from_config(cfg)
+        self.flops_per_token = flops_per_token(pm.config, cfg.seq_len)
+        self.peak_tflops = peak_tflops
+        self.world = pm.strategy.world_size
+        self.stopped_by_signal = False
+
+    def say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.line(text)
+
+    # ------------------------------------------------------------------------------- the loop
+    def run(self) -> TrainerState:
+        import paddle
+
+        cfg, state = self.cfg, self.state
+        mfu_note = (
+            f"peak {self.peak_tflops} TFLOP/s per device"
+            if self.peak_tflops
+            else "no peak known (set --peak-tflops)"
+        )
+        self.say(
+            f"model FLOPs per token = {FLOPS_FORMULA} = {self.flops_per_token:,.0f}; MFU: {mfu_note}"
+        )
+        window = _Window()
+        while state.step < cfg.max_steps:
+            step = state.step + 1
+            paddle.seed(step_seed(cfg.seed, step))
+            lr = self.schedule(step)
+            optim.set_lr(self.opt, lr)
+            input_ids, labels = self.data.batch(state.consumed_samples)
+            start = time.perf_counter()
+            loss = self.pm.forward_backward(input_ids, labels)
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(step, loss)
+            norm = (
+                self.pm.clip_grad_norm(cfg.clip_grad) if cfg.clip_grad > 0 else self.pm.grad_norm()
+            )
+            if not math.isfinite(norm):
+                raise NonFiniteLoss(step, norm, "gradient norm")
+            self.opt.step()
+            self.opt.clear_grad()
+            window.add(time.perf_counter() - start)
+            state.step = step
+            state.consumed_samples += cfg.batch_size
+            state.loss = loss
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                self._log(step, loss, lr, norm, window)
+                window.reset()
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                self.evaluate(step)
+            stopping = self.stop is not None and self.stop.agreed()
+            if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+                path = self.save()
+                self.say(f"saved checkpoint {path}")
+            if stopping:
+                self.stopped_by_signal = True
+                self.say(f"stopped by a signal after step {step}; resume with --resume auto")
+                break
+        return state
+
+    def _log(self, step: int, loss: float, lr: float, norm: float, window: _Window) -> None:
+        if self.metrics is None and self.console is None:
+            return
+        step_time = window.seconds / max(window.steps, 1)
+        tokens_per_s = self.cfg.tokens_per_step / step_time if step_time > 0 else 0.0
+        mfu = None
+        if self.peak_tflops:
+            mfu = tokens_per_s * self.flops_per_token / (self.world * self.peak_tflops * 1e12)
+        record = {
+            "step": step,
+            "split": "train",
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": norm,
+            "consumed_samples": self.state.consumed_samples,
+            "tokens": self.state.consumed_samples * self.cfg.seq_len,
+            "step_time_s": step_time,
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": tokens_per_s / self.world,
+            "model_tflops_per_device": tokens_per_s * self.flops_per_token / self.world / 1e12,
+            "mfu": mfu,
+            "time": time.time(),
+        }
+        if self.metrics is not None:
+            self.metrics.write(record)
+        self.say(format_step(record, self.cfg.max_steps))
+
+    # ---------------------------------------------------------------------------- evaluation
+    def evaluate(self, step: int) -> float:
+        """Mean token loss over the valid batches. The model API has only a training step, so each
+        batch runs forward + backward and its gradients are dropped (correct for every layout)."""
+        total, count = 0.0, 0
+        for input_ids, labels in self.data.valid_batches():
+            total += self.pm.forward_backward(input_ids, labels)
+            self.opt.clear_grad()
+            count += 1
+        loss = total / count
+        record = {
+            "step": step,
+            "split": "valid",
+            "valid_loss": loss,
+            "valid_ppl": math.exp(min(loss, 700.0)),
+            "time": time.time(),
+        }
+        if self.metrics is not None:
+            self.metrics.write(record)
+        self.say(format_eval(record))
+        return loss
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def save(self):
+        tensors = self.pm.state_dict(prefix=MODEL_PREFIX)
+        tensors.update(optim.state_dict(self.pm, self.opt))
+        return self.ckpt.save(self.state, tensors)

@@ -1,0 +1,158 @@
+"""One rank of a training job: ``python -m llama_train.worker OUTPUT/run_config.json``.
+
+Started by paddle.distributed.launch (or called in-process for a one-process run). Builds this
+rank's stage, the optimizer, the data order, restores a checkpoint when resuming, and runs the
+loop. A user's mistake or a non-finite loss ends every rank with one line, also written to
+``OUTPUT/logs/error.<rank>`` for the launcher to show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from llama_train.errors import NonFiniteLoss, TrainError
+
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3
+
+
+def rank_from_env() -> int:
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+
+
+def error_file(output: str, rank: int) -> Path:
+    return Path(output) / "logs" / f"error.{rank}"
+
+
+def _restore(cfg, pm, opt, data, ckpt, config, strategy):
+    from llama_model import LlamaConfig
+    from llama_train import optimizer as optim
+    from llama_train.checkpoint import MODEL_PREFIX, TrainerState, resolve_resume
+
+    path = resolve_resume(cfg.resume, cfg.output)
+    fresh = TrainerState(global_batch_size=cfg.batch_size, seed=cfg.seed, strategy=str(strategy),
+                         world_size=strategy.world_size, data_fingerprint=data.fingerprint, seq_len=cfg.seq_len)  # fmt: skip
+    if path is None:
+        return fresh, None
+    saved = LlamaConfig.from_json(str(path / "config.json"))
+    if saved != config:
+        raise TrainError(
+            f"--resume {path}: the checkpoint's model config differs from --model-config"
+        )
+    previous = TrainerState.read(path)
+    if previous.data_fingerprint != data.fingerprint:
+        raise TrainError(
+            f"--resume {path}: the data order differs from the checkpoint's (data, --split, --seq-len, "
+            "--seed or --max-epochs changed)"
+        )
+    optim.ensure_state(pm, opt)
+    tensors = pm.state_dict(prefix=MODEL_PREFIX)
+    tensors.update(optim.state_dict(pm, opt))
+    state = ckpt.load(path, tensors)
+    state.strategy, state.world_size = str(strategy), strategy.world_size
+    state.global_batch_size = cfg.batch_size
+    return state, path
+
+
+def run_worker(cfg, console=None) -> object:
+    """Train as this process's rank; returns the Trainer (its state says where it stopped)."""
+    from llama_data import DataError
+    from llama_model import LlamaModelError, ParallelModel
+    from llama_train import model_setup
+    from llama_train.checkpoint import CheckpointManager
+    from llama_train.data import TrainData
+    from llama_train.metrics import MetricsFile, default_peak_tflops
+    from llama_train.optimizer import build_optimizer
+    from llama_train.preemption import StopRequest
+    from llama_train.trainer import Trainer
+
+    stop = None
+    try:
+        config = model_setup.model_config(cfg)
+        strategy = model_setup.strategy_of(cfg)
+        dtype = model_setup.compute_dtype(cfg)
+        recompute = cfg.recompute_granularity if cfg.recompute else None
+        pm = ParallelModel.build(
+            config, strategy, seed=cfg.seed, recompute=recompute, compute_dtype=dtype
+        )
+        stop = StopRequest(distributed=pm.distributed)
+        opt = build_optimizer(pm, cfg)
+        data = TrainData(cfg)
+        data.check_enough(cfg.max_steps)
+        rank = pm.rank
+        ckpt = CheckpointManager(
+            cfg.output, rank, strategy.world_size, cfg.keep_last, config, cfg.tokenizer
+        )
+        state, resumed_from = _restore(cfg, pm, opt, data, ckpt, config, strategy)
+        metrics = (
+            MetricsFile(cfg.output, state.step if resumed_from else None) if rank == 0 else None
+        )
+        if rank != 0:
+            console = None
+        if console is not None:
+            where = (
+                f"resumed from {resumed_from} at step {state.step}"
+                if resumed_from
+                else "starting from scratch"
+            )
+            console.line(
+                f"{strategy} on {strategy.world_size} process(es), global batch {cfg.batch_size} × {cfg.seq_len} "
+                f"tokens, {data.num_samples:,} train samples; {where}"
+            )
+        peak = cfg.peak_tflops or default_peak_tflops(dtype)
+        trainer = Trainer(
+            cfg,
+            pm,
+            opt,
+            data,
+            ckpt,
+            state,
+            console=console,
+            metrics=metrics,
+            stop=stop,
+            peak_tflops=peak,
+        )
+        try:
+            trainer.run()
+        finally:
+            if metrics is not None:
+                metrics.close()
+        if trainer.stopped_by_signal and rank == 0:
+            (Path(cfg.output) / "logs").mkdir(parents=True, exist_ok=True)
+            (Path(cfg.output) / "logs" / "preempted").write_text(f"{trainer.state.step}\n")
+        if pm.distributed:
+            import paddle.distributed as dist
+
+            dist.barrier()  # rank 0 hosts the rendezvous store: nobody leaves before everyone is done
+        return trainer
+    except (LlamaModelError, DataError) as exc:
+        raise TrainError(str(exc)) from None
+    finally:
+        if stop is not None:
+            stop.restore()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from llama_train.console import Console
+    from llama_train.options import RunConfig
+
+    args = sys.argv[1:] if argv is None else argv
+    cfg = RunConfig.read(args[0])
+    rank = rank_from_env()
+    try:
+        run_worker(cfg, Console(bar=False) if rank == 0 else None)
+    except (TrainError, NonFiniteLoss) as exc:
+        code = EXIT_USER_ERROR if isinstance(exc, TrainError) else EXIT_NON_FINITE
+        message = str(exc).strip().splitlines()[0]
+        path = error_file(cfg.output, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"code": code, "message": message}) + "\n")
+        print(f"Error: {message}", file=sys.stderr, flush=True)
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
