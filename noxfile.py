@@ -37,6 +37,9 @@ class Package:
     env: dict[str, str] = field(default_factory=dict)
     # Test-time peers (reference implementations) installed the same way with the test extras.
     test_no_deps: tuple[str, ...] = ()
+    # Packages whose suites also run in this package's session, with this package installed: a
+    # provider of optional speed-ups proves its consumers still pass with it.
+    consumers: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -50,8 +53,10 @@ PACKAGES: dict[str, Package] = {
         test_no_deps=("fast-dataindex==0.1.2",),
     ),
     "ckpt-tools": Package("ckpt-tools"),
-    "llama-ops": Package("llama-ops"),
-    "llama-model": Package("llama-model"),
+    # llama-model uses llama-ops' fused kernels when they are installed and plain Paddle otherwise:
+    # its own session tests the plain path, this one the fused path.
+    "llama-ops": Package("llama-ops", consumers=("llama-model",)),
+    "llama-model": Package("llama-model", env={"LLAMA_MODEL_EXPECT_KERNELS": "paddle"}),
     # ckpt-tools is a test-only need: the tests merge the trained checkpoint without Paddle.
     "llama-train": Package("llama-train", needs=("llama-data", "llama-model", "ckpt-tools")),
     "llama-infer": Package("llama-infer", needs=("llama-data", "ckpt-tools", "llama-model")),
@@ -84,7 +89,7 @@ def _install(session: nox.Session, name: str, extras: tuple[str, ...]) -> None:
         session.install("--no-deps", *PACKAGES[name].test_no_deps)
 
 
-def _pytest(session: nox.Session, name: str, *args: str) -> None:
+def _pytest(session: nox.Session, name: str, *args: str, env: dict[str, str] | None = None) -> None:
     pkg = PACKAGES[name]
     # pytest exits 5 when it collects nothing: nox treats that as a failure, as it should be.
     session.run(
@@ -94,7 +99,7 @@ def _pytest(session: nox.Session, name: str, *args: str) -> None:
         "no:cacheprovider",
         "-ra",
         *args,
-        env=pkg.env,
+        env={**pkg.env, **(env or {})},
     )
 
 
@@ -104,6 +109,15 @@ def tests(session: nox.Session, package: str) -> None:
     """The whole test suite of one package (unit, dist and e2e); pytest options after --."""
     _install(session, package, PACKAGES[package].test_extras)
     _pytest(session, package, *session.posargs)
+    for consumer in PACKAGES[package].consumers:
+        _install(session, consumer, PACKAGES[consumer].test_extras)
+        # The consumer's tests check that the fused kernels are really the ones in use.
+        _pytest(
+            session,
+            consumer,
+            *session.posargs,
+            env={"LLAMA_MODEL_EXPECT_KERNELS": "llama-ops:fused"},
+        )
 
 
 @nox.session(python=PYTHON)

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -84,6 +86,16 @@ def test_kernel_backend_is_plain_paddle_without_llama_ops():
         assert kernel_backend() == "paddle"
     else:
         assert kernel_backend().startswith("llama-ops:")
+
+
+@pytest.mark.skipif(
+    "LLAMA_MODEL_EXPECT_KERNELS" not in os.environ,
+    reason="set by the nox sessions, which know whether llama-ops is installed",
+)
+def test_kernel_backend_is_the_one_the_session_installed():
+    # nox runs this suite twice: in llama-model's session (plain Paddle) and in llama-ops' session
+    # (fused kernels); a silent fallback there would leave the fused path untested.
+    assert kernel_backend().startswith(os.environ["LLAMA_MODEL_EXPECT_KERNELS"])
 
 
 def test_hf_name_mapping_round_trip():
