@@ -42,11 +42,17 @@ def _make_data(root: Path, vocab: int, tokens: int) -> str:
 
 # ----------------------------------------------------------------------------------- workers
 def worker_bare(steps: int, warmup: int, data: str) -> dict:
+    import importlib
+
     import numpy as np
-    import paddle
 
     from llama_data import GPTDataset
     from llama_model import ParallelModel, Strategy, preset
+
+    # paddle only after llama_model, as in the trainer: llama_model sets up the MKL that Paddle's
+    # CPU wheel loads (its generic path on AMD CPUs is ~3x slower), which works only before paddle
+    # is imported. Importing paddle first made this loop slower than the trainer.
+    paddle = importlib.import_module("paddle")
 
     ds = GPTDataset(data, seq_len=T_SEQ, num_samples=1, split="1")
     pm = ParallelModel.build(preset("bench-t"), Strategy(), seed=0)
@@ -56,6 +62,7 @@ def worker_bare(steps: int, warmup: int, data: str) -> dict:
         rows = np.stack([ds[step * T_BATCH + i] for i in range(T_BATCH)])
         start = time.perf_counter()
         pm.forward_backward(rows[:, :-1], rows[:, 1:])
+        pm.clip_grad_norm(1.0)  # the trainer's step clips too (its default --clip-grad 1.0)
         opt.step()
         opt.clear_grad()
         if step >= warmup:
