@@ -35,13 +35,7 @@ def child_paddle(directory: str, batch: int, repeats: int) -> list[float]:
         out = gen.generate_ids(prompts, batch_size=batch, max_new_tokens=NEW, eos_token_ids=())
         assert all(len(c.token_ids) == NEW for c in out)
 
-    once()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    return times
+    return _timed(once, repeats)
 
 
 def child_hf(directory: str, batch: int, repeats: int) -> list[float]:
@@ -63,6 +57,11 @@ def child_hf(directory: str, batch: int, repeats: int) -> list[float]:
             )  # fmt: skip
         assert out.shape[1] == PROMPT + NEW
 
+    return _timed(once, repeats)
+
+
+def _timed(once, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``once``, after one untimed warm-up call."""
     once()
     times = []
     for _ in range(repeats):
