@@ -152,15 +152,57 @@ def build(session: nox.Session, package: str) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Every package's benchmarks (packages/*/benchmarks/bench_*.py), each printing its table."""
-    names = session.posargs or NAMES
-    for name in names:
-        scripts = sorted(PACKAGES[name].path.glob("benchmarks/bench_*.py"))
+    """Every package's benchmarks, then one table of all their figures (bench-results/).
+
+    nox -s bench                                  # every benchmark of every package
+    nox -s bench -- llama-data ckpt-tools         # some packages (or scripts: bench_reads)
+    nox -s bench -- bench_reads -- --reads 2000   # options after a second -- go to each script
+
+    Each script prints its own table and appends its figures to bench-results/raw/ (the protocol of
+    benchmarks/bench_figures.py); a script run again replaces its own figures only. The table of
+    every figure recorded there is written to bench-results/benchmarks.md and benchmarks.json.
+    """
+    selected, script_args = session.posargs, []
+    if "--" in selected:
+        cut = selected.index("--")
+        selected, script_args = selected[:cut], selected[cut + 1 :]
+    unknown = [s for s in selected if s not in NAMES and not _bench_scripts(s)]
+    if unknown:
+        session.error(f"no package or benchmark named {', '.join(unknown)}")
+    raw = ROOT / "bench-results" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        scripts = [
+            s
+            for s in _bench_scripts(name)
+            if not selected or name in selected or s.stem in selected
+        ]
         if not scripts:
             continue
         _install(session, name, PACKAGES[name].test_extras)
         for script in scripts:
-            session.run("python", str(script))
+            figures = raw / f"{name}.{script.stem}.jsonl"
+            figures.unlink(missing_ok=True)
+            session.run("python", str(script), *script_args, env={"BENCH_JSON": str(figures)})
+    # Rows in the order of PACKAGES, whatever runs recorded them.
+    order = {name: i for i, name in enumerate(NAMES)}
+    records = sorted(
+        raw.glob("*.jsonl"), key=lambda p: (order.get(p.stem.split(".")[0], 99), p.name)
+    )
+    session.run(
+        "python",
+        str(ROOT / "benchmarks" / "bench_table.py"),
+        *map(str, records),
+        "--out",
+        str(raw.parent),
+    )
+
+
+def _bench_scripts(selector: str) -> list[Path]:
+    """The benchmark scripts of a package, or the scripts of that name in any package."""
+    if selector in PACKAGES:
+        return sorted(PACKAGES[selector].path.glob("benchmarks/bench_*.py"))
+    return sorted((ROOT / "packages").glob(f"*/benchmarks/{selector}.py"))
 
 
 @nox.session(python=PYTHON)

@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
+
 HERE = Path(__file__).parent
 
 OURS_MERGE = """
@@ -153,6 +156,8 @@ def main() -> None:
         print(
             f"{'':46s} {'call s':>8s} {'wall s':>8s} {'peak RSS GiB':>13s} {'speed-up':>9s} {'RSS ratio':>10s}"
         )
+        figures = Figures(__file__, vars(args))
+        case = f"{size / 1e9:.2f} GB checkpoint from 8 ranks (dp2mp2pp2)"
         for label in rows:
             if "export" in label:
                 continue
@@ -160,6 +165,10 @@ def main() -> None:
                 f"{label:46s} {med(label, 0):8.2f} {med(label, 1):8.2f} {med(label, 2):13.2f} "
                 f"{med(peer, 0) / med(label, 0):8.2f}x {med(label, 2) / med(peer, 2):10.2f}"
             )
+            for metric, unit, i in (("merge time", "s", 0), ("peak RSS", "GiB", 2)):
+                if label.startswith("llama-ckpt"):
+                    figures.add(case, metric, unit, label, med(label, i), peer=peer,
+                                peer_value=med(peer, i), better="lower")  # fmt: skip
         t_exp, t_dd = med("llama-ckpt export + fsync", 0), statistics.median(dd_times)
         print(
             f"\nexport of {size / 1e9:.2f} GB (one shard, fsync'd) vs dd conv=fsync of the same bytes:"
@@ -172,6 +181,16 @@ def main() -> None:
             f"{'dd if=/dev/zero bs=1M conv=fsync':46s} {t_dd:8.2f} s {size / t_dd / 1e6:8.0f} MB/s"
         )
         print(f"{'ratio (export / dd throughput)':46s} {t_dd / t_exp:8.2f}")
+        figures.add(
+            f"export of the {size / 1e9:.2f} GB checkpoint, one shard, fsync'd",
+            "write speed",
+            "MB/s",
+            "llama-ckpt export + fsync",
+            size / t_exp / 1e6,
+            peer="dd if=/dev/zero bs=1M conv=fsync",
+            peer_value=size / t_dd / 1e6,
+            better="higher",
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

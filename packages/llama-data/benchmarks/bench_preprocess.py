@@ -31,6 +31,14 @@ import sentencepiece as spm
 
 from llama_data import preprocess, train_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
+
+SHAPES = {
+    "works": "works jsonl (one document per play)",
+    "paragraphs": "paragraphs jsonl (~150 B each)",
+}
+
 
 def shakespeare_texts(workdir: Path) -> list[str]:
     subprocess.run(
@@ -142,10 +150,24 @@ def main() -> None:
     header = f"{'corpus':<11} {'tool':<22} {'workers':>7} {'MB/s':>8} {'MB/s/worker':>12} {'x loop':>7} {'x loop/worker':>14}"
     print(header)
     print("-" * len(header))
+    figures = Figures(__file__, vars(args))
     for name, tool, workers, rate, ratio in rows:
         print(
             f"{name:<11} {tool:<22} {workers:>7} {rate:>8.2f} {rate / workers:>12.2f} {ratio:>7.2f} {ratio / workers:>14.2f}"
         )
+        if tool == "upstream-style loop":
+            loop_rate = rate
+        else:
+            figures.add(
+                f"{SHAPES[name]}, {workers} worker{'s' if workers > 1 else ''}",
+                "throughput",
+                "MB/s",
+                tool,
+                rate,
+                peer="upstream-style loop, 1 process",
+                peer_value=loop_rate,
+                better="higher",
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ import numpy as np
 from llama_data.blending import BlendedDataset
 from llama_data.gpt_dataset import GPTDataset
 from llama_data.indexed_dataset import IndexedDatasetWriter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
 
 
 def write_corpus(prefix, tokens, seed):
@@ -116,11 +120,23 @@ def main():
         "\n| dataset | implementation | samples/s | tokens/s | vs peer |\n|---|---|---:|---:|---:|"
     )
     peer = {}
+    figures = Figures(__file__, vars(args))
     for kind, name, r in rows:
-        peer.setdefault(kind, r)
+        peer.setdefault(kind, (name, r))
         print(
-            f"| {kind} | {name} | {r:,.0f} | {r * (seq + 1) / 1e6:,.1f}M | {r / peer[kind]:.2f}x |"
+            f"| {kind} | {name} | {r:,.0f} | {r * (seq + 1) / 1e6:,.1f}M | {r / peer[kind][1]:.2f}x |"
         )
+        if name != peer[kind][0]:
+            figures.add(
+                f"{kind} dataset, seq {seq}",
+                "random reads",
+                "samples/s",
+                name,
+                r,
+                peer=peer[kind][0].removesuffix(" (peer)"),
+                peer_value=peer[kind][1],
+                better="higher",
+            )
     print("\nsamples identical to the upstream read path")
 
 

@@ -12,12 +12,17 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from fast_dataindex import helpers as peer
 
 from llama_data.sample_index import build_sample_idx, build_sample_index
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
 
 
 @contextlib.contextmanager
@@ -113,8 +118,21 @@ def main():
         ("full index", "llama-data build_sample_index, numpy fallback", t_full_np, t_up),
     ]
     print("\n| what | implementation | median ms | speed-up vs peer |\n|---|---|---:|---:|")
+    figures = Figures(__file__, vars(args))
     for what, name, t, ref in rows:
         print(f"| {what} | {name} | {t * 1e3:.2f} | {ref / t:.2f}x |")
+        if not name.endswith("(peer)"):
+            peer_name = next(n for w, n, _, _ in rows if w == what and n.endswith("(peer)"))
+            figures.add(
+                f"{what}, {args.docs:,} documents, seq {seq}",
+                "build time",
+                "ms",
+                name,
+                t * 1e3,
+                peer=peer_name.removesuffix(" (peer)"),
+                peer_value=ref * 1e3,
+                better="lower",
+            )
     print("\nall outputs identical to the peer's")
 
 

@@ -20,6 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
 
 BATCH, SEQ = 8, 256
 CONFIG = dict(
@@ -160,6 +164,7 @@ def main():
     print(
         f"{'kv heads':>8} {'framework':<28} {'median ms':>10} {'min ms':>8} {'tokens/s':>9} {'vs torch':>9}"
     )
+    figures = Figures(__file__, vars(args))
     for kv in args.kv:
         pooled = {kind: [] for kind in kinds}
         names = {}
@@ -178,6 +183,17 @@ def main():
                 f"{tps:>9.0f} {tps / base:>8.2f}x",
                 flush=True,
             )
+            if kind != "torch":
+                figures.add(
+                    f"config T, kv heads {kv}, batch {BATCH} x seq {SEQ}, fwd+bwd+AdamW",
+                    "training throughput",
+                    "tokens/s",
+                    names[kind],
+                    tps,
+                    peer=names["torch"],
+                    peer_value=base,
+                    better="higher",
+                )
 
 
 if __name__ == "__main__":

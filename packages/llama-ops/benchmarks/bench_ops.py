@@ -14,6 +14,10 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
 
 
 def _parse() -> argparse.Namespace:
@@ -108,6 +112,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     ok = True
+    figures = Figures(__file__, vars(ARGS))
     for name, shape, pick, in_shapes, out_shapes, frozen, target in cases:
         inputs = _inputs(in_shapes, 0, frozen)
         probes = _inputs(out_shapes, 1, range(len(out_shapes)))
@@ -116,6 +121,16 @@ def main() -> int:
         ratio = slow / fast
         ok &= ratio >= target
         print(f"{name:<16} {shape:<26} {slow:>12.1f} {fast:>10.1f} {ratio:>8.2f}x {target:>6.1f}x")
+        figures.add(
+            f"{name}, {shape}",
+            "fwd+bwd time",
+            "ms",
+            f"llama-ops {llama_ops.backend()}",
+            fast,
+            peer="llama-ops fallback (Paddle ops)",
+            peer_value=slow,
+            better="lower",
+        )
     return 0
 
 

@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures
+
 T_BATCH, T_SEQ = 8, 256
 
 
@@ -184,6 +187,14 @@ def main() -> None:
         print(
             f"trainer overhead: {100 * (t / b - 1):+.1f}% (step), {100 * (w / b - 1):+.1f}% (wall); budget +5%"
         )
+        figures = Figures(__file__, vars(args))
+        case = f"config T, one process, batch {T_BATCH} x seq {T_SEQ}"
+        for metric, label, ours in (
+            ("step time", "llama-train step (clip included)", t),
+            ("wall time per step", "llama-train loop (data, logging)", w),
+        ):
+            figures.add(case, metric, "ms", label, ours * 1e3, peer="bare ParallelModel step",
+                        peer_value=b * 1e3, better="lower")  # fmt: skip
         if args.skip_dist:
             return
         import numpy as np
@@ -209,6 +220,13 @@ def main() -> None:
         print(
             f"(CPU cores: {os.cpu_count()}; 8 processes on few cores measure overhead, not scaling)"
         )
+        for metric, unit, key, better in (
+            ("training throughput", "tokens/s", "tokens_per_s", "higher"),
+            ("time to first step", "s", "first_step_s", "lower"),
+        ):
+            figures.add("tiny preset, seq 64, global batch 8", metric, unit,
+                        "llama-train dp2mp2pp2, 8 processes", eight[key],
+                        peer="llama-train, 1 process", peer_value=one[key], better=better)  # fmt: skip
 
 
 if __name__ == "__main__":

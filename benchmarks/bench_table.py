@@ -1,0 +1,182 @@
+"""One table of every benchmark figure: reads the JSON Lines records of ``bench_figures`` and writes
+``OUT/benchmarks.md`` and ``OUT/benchmarks.json``.
+
+    python benchmarks/bench_table.py bench-results/raw/*.jsonl --out bench-results
+
+``nox -s bench`` runs it after the benchmarks. Rows keep the order of the records; each shows our
+figure, the peer's figure from the same run and the ratio (above 1: ours is ahead; see
+``bench_figures``). The machine each figure was measured on heads the table; figures from more than
+one machine get a machine column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+from bench_figures import machine as this_machine
+
+REQUIRED = ("package", "benchmark", "case", "metric", "unit", "label", "value", "peer",
+            "peer_value", "better", "ratio")  # fmt: skip
+
+
+def read_records(paths: list[Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"Error: {path}:{number}: not JSON ({exc.msg})") from None
+            missing = [k for k in REQUIRED if k not in record]
+            if missing:
+                raise SystemExit(f"Error: {path}:{number}: missing {', '.join(missing)}")
+            records.append(record)
+    return records
+
+
+def describe(m: dict) -> str:
+    """One line: CPU, its features, cores, memory, OS and Python."""
+    cpu = m.get("cpu") or "unknown CPU"
+    if m.get("cpu_family"):
+        cpu += f" (family {m['cpu_family']}, model {m.get('cpu_model')})"
+    parts = [cpu]
+    if m.get("isa"):
+        parts.append(m["isa"].upper().replace("AVX512F", "AVX-512"))
+    cpus = f"{m.get('logical_cpus')} logical CPUs"
+    if m.get("cores_per_socket"):
+        cpus += f" ({m['cores_per_socket']} cores per socket)"
+    if m.get("usable_cpus") not in (None, m.get("logical_cpus")):
+        cpus += f", {m['usable_cpus']} usable"
+    parts.append(cpus)
+    if m.get("memory_gib"):
+        parts.append(f"{m['memory_gib']} GiB")
+    if m.get("virtualised"):
+        parts.append("virtual machine")
+    parts += [m.get("os", ""), f"Python {m.get('python')}"]
+    return ", ".join(p for p in parts if p)
+
+
+def versions(soft: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in soft.items())
+
+
+def number(v: float | None) -> str:
+    if v is None:
+        return "—"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def build(records: list[dict]) -> tuple[str, dict]:
+    fallback = None
+    machines: list[dict] = []
+    figures = []
+    for record in records:
+        m = record.get("machine")
+        if m is None:
+            m = fallback = fallback or this_machine()
+        if m not in machines:
+            machines.append(m)
+        figures.append({**record, "machine": machines.index(m)})
+    times = sorted(r["time"] for r in records if r.get("time"))
+    loads = [r["loadavg"] for r in records if r.get("loadavg") is not None]
+
+    lines = ["# Benchmarks", ""]
+    if len(machines) == 1:
+        lines.append(f"Machine: {describe(machines[0])}.")
+    else:
+        lines += [f"Machine {i + 1}: {describe(m)}." for i, m in enumerate(machines)]
+    seen: dict[str, list[str]] = {}
+    for f in figures:
+        for dist, version in (f.get("software") or {}).items():
+            if version not in seen.setdefault(dist, []):
+                seen[dist].append(version)
+    if seen:
+        lines.append(
+            "Software: " + ", ".join(f"{d} {' / '.join(v)}" for d, v in seen.items()) + "."
+        )
+    if times:
+        first, last = times[0][:10], times[-1][:10]
+        when = first if first == last else f"{first} to {last}"
+        load = (
+            f"{min(loads)}"
+            if loads and min(loads) == max(loads)
+            else f"{min(loads, default=0)}–{max(loads, default=0)}"
+        )
+        lines.append(f"Measured {when}" + (f"; 1-minute load average {load} while recording." if loads else "."))  # fmt: skip
+    lines += [
+        "",
+        "Each figure is the script's median; the peer is measured in the same run; the last column is",
+        "how many times better ours is (above 1: ours ahead, whichever direction the metric improves).",
+        "",
+    ]
+    many = len(machines) > 1
+    head = ["benchmark", "case", "metric (unit, better)", "ours", "value", "peer", "peer value", "ours vs peer"]  # fmt: skip
+    head += ["machine"] if many else []
+    numeric = ("value", "peer value", "ours vs peer")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---:" if h in numeric else "---" for h in head) + "|")
+    for f in figures:
+        arrow = "↑" if f["better"] == "higher" else "↓"
+        ratio = "—" if f["ratio"] is None else f"{f['ratio']:.2f}x"
+        row = [f"{f['package']}/{f['benchmark']}", f["case"], f"{f['metric']} ({f['unit']}, {arrow})",
+               f["label"], number(f["value"]), f["peer"] or "—", number(f["peer_value"]), ratio]  # fmt: skip
+        row += [str(f["machine"] + 1)] if many else []
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    settings: dict[tuple[str, str], dict] = {}
+    for f in figures:
+        settings.setdefault((f["package"], f["benchmark"]), f.get("settings") or {})
+    soft: dict[tuple[str, str], dict] = {}
+    for f in figures:
+        soft.setdefault((f["package"], f["benchmark"]), f.get("software") or {})
+    lines += ["", "Options and software of each run:", ""]
+    for key, opts in settings.items():
+        shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and v is not False)
+        extra = f"; {versions(soft[key])}" if soft[key] else ""
+        lines.append(f"- `packages/{key[0]}/benchmarks/{key[1]}.py`: {shown or 'defaults'}{extra}")
+    generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    table = {"generated": generated, "machines": machines, "figures": figures}
+    return "\n".join(lines) + "\n", table
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records", nargs="+", type=Path, help="JSON Lines files of figures")
+    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = ap.parse_args(argv)
+    records = read_records([p for p in args.records if p.exists()])
+    if not records:
+        print("Error: no benchmark figures recorded", file=sys.stderr)
+        return 2
+    markdown, table = build(records)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out / "benchmarks.md", markdown)
+    write_atomic(args.out / "benchmarks.json", json.dumps(table, indent=2) + "\n")
+    print(markdown)
+    print(f"written: {args.out / 'benchmarks.md'}, {args.out / 'benchmarks.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
