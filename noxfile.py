@@ -151,6 +151,17 @@ def build(session: nox.Session, package: str) -> None:
 
 
 @nox.session(python=PYTHON)
+def release_check(session: nox.Session) -> None:
+    """Release checks of every package (.ci/release.py) and the tests of the CI scripts.
+
+    nox -s release_check -- --tag llama-data-v0.2.0 --dist dist/llama-data   # a release
+    """
+    session.install("pytest", "packaging", "nox")
+    session.run("pytest", str(ROOT / ".ci" / "tests"), "-p", "no:cacheprovider", "-q")
+    session.run("python", str(ROOT / ".ci" / "release.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Every package's benchmarks, then one table of all their figures (bench-results/).
 

@@ -4,8 +4,9 @@
     python .ci/packages.py --changed-since REF  # packages changed since REF, plus their dependents
 
 The list comes from the one PACKAGES table in noxfile.py, so no matrix is edited by hand. A package
-counts as changed when a file under it changed, and also when a package it needs changed; a change
-outside packages/ (noxfile, CI, ruff config) selects every package.
+counts as changed when a file under it changed, when a package it needs changed, and when a package
+whose suite its session also runs (its ``consumers``) changed; a change outside packages/ (noxfile,
+CI, ruff config) selects every package, a change of a Markdown file outside packages/ none.
 """
 
 from __future__ import annotations
@@ -40,15 +41,22 @@ def changed_packages(ref: str) -> list[str]:
             continue
         if len(parts) > 1 and parts[1] in by_dir:
             touched.add(by_dir[parts[1]])
-    # Dependents: keep adding packages that need a selected one until nothing changes.
+    return with_dependents(touched)
+
+
+def with_dependents(touched: set[str], packages=PACKAGES) -> list[str]:
+    """The touched packages and every package whose session tests one of them, in table order:
+    packages that need a selected one (their tests install it) and packages whose session also runs
+    a selected one's suite (``consumers``), until nothing more is added."""
+    selected = set(touched)
     grew = True
     while grew:
         grew = False
-        for name, pkg in PACKAGES.items():
-            if name not in touched and touched.intersection(pkg.needs):
-                touched.add(name)
+        for name, pkg in packages.items():
+            if name not in selected and selected.intersection((*pkg.needs, *pkg.consumers)):
+                selected.add(name)
                 grew = True
-    return [name for name in PACKAGES if name in touched]
+    return [name for name in packages if name in selected]
 
 
 def main() -> None:
