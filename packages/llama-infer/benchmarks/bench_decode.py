@@ -1,11 +1,13 @@
-"""Decode throughput: llama-infer against transformers' generate (sdpa attention), same weights.
+"""Decode throughput: llama-infer in dygraph and through its exported static programs (Paddle's
+inference engine), against transformers' generate (sdpa attention), same weights.
 
 Config "T" of llama-model (vocab 8192, hidden 256, 4 layers, 8 heads; kv 8 and kv 2), random weights
-saved once and exported in both layouts with llama-ckpt. Greedy, prompt 32, 128 new tokens (never
-stopping early), batch 1 and 8. Each framework runs in its own subprocess with the same thread count
-(set explicitly: importing Paddle sets OMP_NUM_THREADS=1); the two alternate, round after round, so
-a load change on a shared machine hits both. Reported: median seconds per generation, tokens/s and
-the ratio.
+saved once and exported in both layouts with llama-ckpt, and with `llama-infer export` (cache
+capacity prompt + new tokens). Greedy, prompt 32, 128 new tokens (never stopping early), batch 1
+and 8. Each runs in its own subprocess with the same thread count (set explicitly: importing Paddle
+sets OMP_NUM_THREADS=1); the three alternate, round after round, so a load change on a shared
+machine hits all. Reported: median tokens/s of a whole generation, the ratios, and the time to
+first token (a generation of one token: the prompt's prefill and one pick).
 
     python bench_decode.py [--threads 2] [--rounds 3] [--repeats 3]
 """
@@ -21,9 +23,11 @@ import tempfile
 import time
 
 PROMPT, NEW = 32, 128
+KINDS = ("dygraph", "static", "hf")  # llama-infer on a model directory, on an export; transformers
 
 
-def child_paddle(directory: str, batch: int, repeats: int) -> list[float]:
+def child_paddle(directory: str, batch: int, repeats: int) -> dict[str, list[float]]:
+    """llama-infer on a model directory (dygraph) or an export directory (static programs)."""
     import numpy as np
 
     from llama_infer import Generator
@@ -31,14 +35,14 @@ def child_paddle(directory: str, batch: int, repeats: int) -> list[float]:
     gen = Generator(directory, threads=int(os.environ["BENCH_THREADS"]))
     prompts = np.random.default_rng(0).integers(3, 8192, (batch, PROMPT)).tolist()
 
-    def once():
-        out = gen.generate_ids(prompts, batch_size=batch, max_new_tokens=NEW, eos_token_ids=())
-        assert all(len(c.token_ids) == NEW for c in out)
+    def once(new: int):
+        out = gen.generate_ids(prompts, batch_size=batch, max_new_tokens=new, eos_token_ids=())
+        assert all(len(c.token_ids) == new for c in out)
 
     return _timed(once, repeats)
 
 
-def child_hf(directory: str, batch: int, repeats: int) -> list[float]:
+def child_hf(directory: str, batch: int, repeats: int) -> dict[str, list[float]]:
     import numpy as np
     import torch
     import transformers
@@ -49,33 +53,37 @@ def child_hf(directory: str, batch: int, repeats: int) -> list[float]:
     ).eval()
     ids = torch.tensor(np.random.default_rng(0).integers(3, 8192, (batch, PROMPT)))
 
-    def once():
+    def once(new: int):
         with torch.no_grad():
             out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW,
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                 do_sample=False, pad_token_id=0, eos_token_id=None,
             )  # fmt: skip
-        assert out.shape[1] == PROMPT + NEW
+        assert out.shape[1] == PROMPT + new
 
     return _timed(once, repeats)
 
 
-def _timed(once, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``once``, after one untimed warm-up call."""
-    once()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
+def _timed(once, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` whole generations (``once(NEW)``) and first tokens
+    (``once(1)``), after one untimed warm-up of each."""
+    times = {"total": [], "first": []}
+    for key, new in (("total", NEW), ("first", 1)):
+        once(new)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            once(new)
+            times[key].append(time.perf_counter() - t)
     return times
 
 
-def make_models(root: str) -> dict[str, tuple[str, str]]:
-    """Random config-T weights, exported as a paddle-layout and an hf-layout model directory."""
+def make_models(root: str) -> dict[str, dict[str, str]]:
+    """Random config-T weights as a paddle-layout and an hf-layout model directory, and exported to
+    static programs: {"kv8": {"dygraph": dir, "static": dir, "hf": dir}, "kv2": ...}."""
     import paddle
 
     from llama_ckpt import export
+    from llama_infer import export_model
     from llama_model import LlamaForCausalLM, preset
 
     dirs = {}
@@ -87,13 +95,15 @@ def make_models(root: str) -> dict[str, tuple[str, str]]:
         os.makedirs(src)
         paddle.save(model.state_dict(), os.path.join(src, "model.pdparams"))
         config.to_json(src)
-        dirs[f"kv{kv}"] = (os.path.join(root, f"kv{kv}-paddle"), os.path.join(root, f"kv{kv}-hf"))
-        export(os.path.join(src, "model.pdparams"), dirs[f"kv{kv}"][0])
-        export(os.path.join(src, "model.pdparams"), dirs[f"kv{kv}"][1], layout="hf")
+        cell = dirs[f"kv{kv}"] = {k: os.path.join(root, f"kv{kv}-{k}") for k in KINDS}
+        export(os.path.join(src, "model.pdparams"), cell["dygraph"])
+        export(os.path.join(src, "model.pdparams"), cell["hf"], layout="hf")
+        model.eval()
+        export_model(model, cell["static"], capacity=PROMPT + NEW)
     return dirs
 
 
-def run_child(which: str, directory: str, batch: int, repeats: int, threads: int) -> list[float]:
+def run_child(which: str, directory: str, batch: int, repeats: int, threads: int) -> dict:
     env = {**os.environ, "BENCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}  # fmt: skip
     cmd = [sys.executable, __file__, "--child", which, "--dir", directory, "--batch", str(batch),
@@ -124,23 +134,31 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         dirs = make_models(root)
-        for name, (paddle_dir, hf_dir) in dirs.items():
+        for name, cell in dirs.items():
             for batch in (int(b) for b in args.batches.split(",")):
-                times = {"paddle": [], "hf": []}
+                times = {k: {"total": [], "first": []} for k in KINDS}
                 for _ in range(args.rounds):
-                    times["paddle"] += run_child(
-                        "paddle", paddle_dir, batch, args.repeats, args.threads
-                    )
-                    times["hf"] += run_child("hf", hf_dir, batch, args.repeats, args.threads)
-                med = {k: statistics.median(v) for k, v in times.items()}
-                rows.append((name, batch, med["paddle"], med["hf"]))
+                    for kind in KINDS:
+                        child = "hf" if kind == "hf" else "paddle"
+                        got = run_child(child, cell[kind], batch, args.repeats, args.threads)
+                        for key in ("total", "first"):
+                            times[kind][key] += got[key]
+                med = {
+                    k: {key: statistics.median(v) for key, v in t.items()} for k, t in times.items()
+                }
+                rows.append((name, batch, med))
     print(f"\nGreedy decode, config T, prompt {PROMPT}, {NEW} new tokens, {args.threads} threads, "
-          f"median of {args.rounds}x{args.repeats} runs per cell")  # fmt: skip
-    print("| kv heads | batch | llama-infer s | tok/s | transformers s | tok/s | speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    for name, batch, ours, theirs in rows:
-        print(f"| {name[2:]} | {batch} | {ours:.3f} | {batch * NEW / ours:.0f} | {theirs:.3f} | "
-              f"{batch * NEW / theirs:.0f} | {theirs / ours:.2f}x |")  # fmt: skip
+          f"median of {args.rounds}x{args.repeats} runs per cell; tok/s of whole generations; "
+          "first token: ms to generate one token")  # fmt: skip
+    print("| kv heads | batch | dygraph tok/s | static tok/s | transformers tok/s | dygraph/hf | "
+          "static/hf | static/dygraph | first token ms: dygraph / static / hf |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, batch, med in rows:
+        tps = {k: batch * NEW / med[k]["total"] for k in KINDS}
+        first = " / ".join(f"{med[k]['first'] * 1e3:.1f}" for k in KINDS)
+        print(f"| {name[2:]} | {batch} | {tps['dygraph']:.0f} | {tps['static']:.0f} | {tps['hf']:.0f} | "
+              f"{tps['dygraph'] / tps['hf']:.2f}x | {tps['static'] / tps['hf']:.2f}x | "
+              f"{tps['static'] / tps['dygraph']:.2f}x | {first} |")  # fmt: skip
 
 
 if __name__ == "__main__":

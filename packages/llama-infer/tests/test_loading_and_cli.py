@@ -19,9 +19,11 @@ CLI = [sys.executable, "-m", "llama_infer.cli"]
 
 
 def cli(*args, stdin=None):
+    """``llama-infer ARGS`` (generation on one thread, unless ARGS name the export command)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = list(args) if args and args[0] == "export" else ["--threads", "1", *args]
     return subprocess.run(
-        [*CLI, "--threads", "1", *args],
+        [*CLI, *command],
         input=stdin,
         capture_output=True,
         text=True,

@@ -1,11 +1,33 @@
-"""Text generation for LLaMA models on PaddlePaddle: KV-cache decoding, greedy and sampling, batches."""
+"""Text generation for LLaMA models on PaddlePaddle: KV-cache decoding, greedy and sampling, batches,
+in dygraph or through exported static programs.
 
-from llama_infer.decoding import CachedDecoder, DecodeState
+Names that need llama-model (the dygraph decoder, the loader, the exporter) are imported on first
+use, so serving an export directory never imports llama-model.
+"""
+
+from importlib import import_module
+
 from llama_infer.errors import InferError
 from llama_infer.generation import Completion, Generator
-from llama_infer.loading import LoadedModel, load_model
+from llama_infer.manifest import is_export, read_manifest
 from llama_infer.sampling import SamplingConfig, next_tokens, processed_logits
+from llama_infer.slots import DecodeState, SlotDecoder
 from llama_infer.version import __version__
+
+_LAZY = {
+    "CachedDecoder": "llama_infer.decoding",
+    "LoadedModel": "llama_infer.loading",
+    "load_model": "llama_infer.loading",
+    "export_model": "llama_infer.export",
+    "StaticDecoder": "llama_infer.predictor",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llama_infer' has no attribute {name!r}")
+
 
 __all__ = [
     "CachedDecoder",
@@ -15,8 +37,13 @@ __all__ = [
     "InferError",
     "LoadedModel",
     "SamplingConfig",
+    "SlotDecoder",
+    "StaticDecoder",
     "__version__",
+    "export_model",
+    "is_export",
     "load_model",
     "next_tokens",
     "processed_logits",
+    "read_manifest",
 ]

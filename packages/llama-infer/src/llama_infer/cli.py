@@ -1,4 +1,5 @@
-"""The ``llama-infer`` command: one prompt, a JSONL file of prompts, or an interactive session."""
+"""The ``llama-infer`` command: one prompt, a JSONL file of prompts, or an interactive session
+(``llama-infer [generate] --model ...``); and ``llama-infer export`` to static inference programs."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from llama_data import DataError
 from llama_infer.errors import InferError
 from llama_infer.sampling import STRATEGIES
 from llama_infer.version import __version__
-from llama_model import LlamaModelError
 
-USER_ERRORS = (InferError, CheckpointError, DataError, LlamaModelError)
+
+def _user_error_types() -> tuple:
+    # llama-model's error type only if it is loaded: serving an export never imports llama-model.
+    types = [InferError, CheckpointError, DataError]
+    if "llama_model" in sys.modules:
+        types.append(sys.modules["llama_model"].LlamaModelError)
+    return tuple(types)
 
 
 def _user_errors(fn):
@@ -26,12 +32,15 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
-        except OSError as exc:  # unreadable input, disk full, ...
-            where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+        except Exception as exc:
+            if isinstance(exc, _user_error_types()):
+                message = str(exc)
+            elif isinstance(exc, OSError):  # unreadable input, disk full, ...
+                where = f" ({exc.filename})" if exc.filename else ""
+                message = f"{exc.strerror or exc}{where}"
+            else:
+                raise
+            click.echo(f"Error: {message}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -104,13 +113,33 @@ def run_interactive(gen, options: dict, tty: bool) -> None:
             click.echo()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+HELP = {"help_option_names": ["-h", "--help"]}
+
+
+class _GenerateByDefault(click.Group):
+    """``llama-infer --model ...`` is ``llama-infer generate --model ...``: generation is the command
+    people type most, and it predates ``export``."""
+
+    def parse_args(self, ctx, args):
+        if not args or args[0] not in self.commands:
+            args = ["generate", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_GenerateByDefault, context_settings=HELP)
 @click.version_option(__version__, prog_name="llama-infer")
+def main():
+    """Generate text with a LLaMA model (`llama-infer [generate] --help`), or export it to static
+    inference programs (`llama-infer export --help`)."""
+
+
+@main.command(context_settings=HELP)
 @click.option(
     "--model",
     "model_path",
     required=True,
-    help="Model directory (paddle or hf layout), training checkpoint directory, or run directory.",
+    help="Model directory (paddle or hf layout), training checkpoint or run directory, or an "
+    "export directory (llama-infer export): then Paddle's inference engine runs it.",
 )
 @click.option(
     "--tokenizer",
@@ -159,8 +188,8 @@ def run_interactive(gen, options: dict, tty: bool) -> None:
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "bfloat16", "float16"]),
-    default="float32",
-    show_default=True,
+    default=None,
+    help="Weights' dtype [default: float32; an export directory keeps the dtype it was exported with].",
 )
 @click.option(
     "--add-bos/--no-add-bos",
@@ -182,15 +211,16 @@ def run_interactive(gen, options: dict, tty: bool) -> None:
     help="Print a single prompt's tokens as they come.",
 )
 @_user_errors
-def main(
+def generate(
     model_path, tokenizer, prompt, input_file, output_file, interactive, decode_strategy, temperature,
     top_k, top_p, repetition_penalty, max_new_tokens, stop, seed, batch_size, dtype, add_bos, threads,
     allow_pickle, stream,
 ):  # fmt: skip
-    """Generate text with a LLaMA model.
+    """Generate text with a LLaMA model (the default command).
 
     \b
     llama-infer --model llama-dir --prompt "To be, or not to be"
+    llama-infer --model llama-export --prompt "..."    # an export: static programs
     llama-infer --model out/checkpoints/step-00001000 --tokenizer tok.model --prompt "..."
     llama-infer --model llama-dir --input-file prompts.jsonl --output-file out.jsonl --batch-size 8
     llama-infer --model llama-dir --decode-strategy sampling --top-p 0.9 --temperature 0.8
@@ -214,9 +244,11 @@ def main(
     )  # fmt: skip
     # Checked before the (slow) model load, so a bad option fails at once.
     from llama_infer.generation import Generator, check_dtype
+    from llama_infer.manifest import is_export
     from llama_infer.sampling import SamplingConfig
 
-    check_dtype(dtype)
+    if dtype is not None and not is_export(model_path):  # an export's dtype is checked on opening
+        check_dtype(dtype)
     SamplingConfig(decode_strategy, temperature, top_k, top_p, repetition_penalty)
     if threads is None:
         threads = (
@@ -262,6 +294,76 @@ def _generate_all(gen, records: list[dict], batch_size: int, options: dict) -> l
                 )
             bar.update(len(chunk))
     return out
+
+
+@main.command(context_settings=HELP)
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    help="Model directory (paddle or hf layout), training checkpoint or run directory.",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Export directory to create (programs, parameters, config.json, tokenizer files).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Dtype of the exported weights and caches (bfloat16/float16 need a GPU build).",
+)
+@click.option(
+    "--max-seq-len",
+    type=int,
+    default=None,
+    help="Cache capacity in tokens (prompt + new tokens) [default: the model's context].",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="Tokenizer file or directory to ship in the export [default: the model directory's].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow a .pdparams (a pickle: loading one can run code; only for files you trust).",
+)
+@_user_errors
+def export(model_path, output, dtype, max_seq_len, tokenizer, overwrite, allow_pickle):
+    """Export a model's prefill and decode steps as Paddle inference programs.
+
+    \b
+    llama-infer export --model llama-dir --output llama-export --max-seq-len 512
+    llama-infer --model llama-export --prompt "To be, or not to be"
+    """
+    from llama_infer.export import export_model
+    from llama_infer.generation import check_dtype
+    from llama_infer.loading import load_model
+
+    check_dtype(dtype)
+    if os.path.exists(output) and not overwrite:
+        raise InferError(f"{output} exists; remove it or pass --overwrite")
+    loaded = load_model(model_path, allow_pickle=allow_pickle, dtype=dtype)
+    manifest = export_model(
+        loaded.model,
+        output,
+        capacity=max_seq_len,
+        tokenizer=tokenizer or loaded.directory,
+        overwrite=overwrite,
+    )
+    shipped = [f for f in os.listdir(output) if f.startswith(("tokenizer", "special_tokens"))]
+    click.echo(
+        f"exported {manifest['num_layers']}-layer model ({manifest['dtype']}, cache capacity "
+        f"{manifest['capacity']} tokens) to {output}: programs "
+        f"{', '.join(p['program'] for p in manifest['programs'].values())}"
+        + (f"; tokenizer {', '.join(sorted(shipped))}" if shipped else "; no tokenizer files"),
+        err=True,
+    )
 
 
 if __name__ == "__main__":

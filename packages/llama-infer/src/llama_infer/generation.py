@@ -7,7 +7,9 @@
         print(piece, end="", flush=True)
 
 Prompts of a batch are left-padded to the longest; each row has its own positions and a mask that
-hides its padding (see decoding.py). A row stops at an end-of-sequence token, at a stop string or
+hides its padding (see slots.py). A model directory runs in dygraph (decoding.py); an export
+directory (``llama-infer export``) runs its programs through Paddle's inference engine
+(predictor.py), and then llama-model is never imported. A row stops at an end-of-sequence token, at a stop string or
 after ``max_new_tokens``; the batch stops when every row has.
 """
 
@@ -22,9 +24,8 @@ import numpy as np
 
 from llama_data import DataError, load_tokenizer
 from llama_infer._paddle import paddle
-from llama_infer.decoding import CachedDecoder
 from llama_infer.errors import InferError
-from llama_infer.loading import load_model
+from llama_infer.manifest import is_export
 from llama_infer.sampling import SamplingConfig, next_tokens
 from llama_infer.streaming import TextStream, find_stop
 
@@ -71,25 +72,50 @@ class Generator:
         tokenizer=None,
         *,
         allow_pickle: bool = False,
-        dtype: str = "float32",
+        dtype: str | None = None,
         add_bos: bool | None = None,
         threads: int | None = None,
     ):
-        """``model``: a path (see loading.py) or a ``llama_model.LlamaForCausalLM``. ``tokenizer``: a
-        spec for ``llama_data.load_tokenizer`` (a ``.model``, a ``tokenizer.json``, a directory,
-        ``"byte"``), a tokenizer object, or None for the one in the model directory (if any).
-        ``add_bos``: start every prompt with BOS; by default as tokenizer_config.json says, else no."""
-        check_dtype(dtype)
+        """``model``: a path (a model directory or checkpoint, see loading.py; or an export directory,
+        see export.py) or a ``llama_model.LlamaForCausalLM``. ``tokenizer``: a spec for
+        ``llama_data.load_tokenizer`` (a ``.model``, a ``tokenizer.json``, a directory, ``"byte"``),
+        a tokenizer object, or None for the one in the model directory (if any). ``dtype``: of the
+        weights (default float32); an export keeps the dtype it was exported with. ``add_bos``: start
+        every prompt with BOS; by default as tokenizer_config.json says, else no."""
         if threads is not None:
             paddle.base.core.set_num_threads(int(threads))
         directory = None
-        if isinstance(model, str | os.PathLike):
-            loaded = load_model(os.fspath(model), allow_pickle=allow_pickle, dtype=dtype)
-            model, directory = loaded.model, loaded.directory
-        model.eval()
-        self.model = model
-        self.config = model.config
-        self.decoder = CachedDecoder(model)
+        if isinstance(model, str | os.PathLike) and is_export(os.fspath(model)):
+            from llama_infer.predictor import StaticDecoder, read_export_config
+
+            directory = os.fspath(model)
+            self.decoder = StaticDecoder(directory, threads=threads)
+            exported = self.decoder.manifest["dtype"]
+            if dtype not in (None, exported):
+                raise InferError(
+                    f"{directory} holds {exported} programs; --dtype {dtype} applies when exporting"
+                )
+            self.model = None
+            self.config = read_export_config(directory)
+            self.context = self.decoder.capacity
+            self.context_name = "the export's capacity (llama-infer export --max-seq-len)"
+        else:
+            from llama_infer.decoding import CachedDecoder
+
+            check_dtype(dtype or "float32")
+            if isinstance(model, str | os.PathLike):
+                from llama_infer.loading import load_model
+
+                loaded = load_model(
+                    os.fspath(model), allow_pickle=allow_pickle, dtype=dtype or "float32"
+                )
+                model, directory = loaded.model, loaded.directory
+            model.eval()
+            self.model = model
+            self.config = model.config
+            self.decoder = CachedDecoder(model)
+            self.context = self.config.max_position_embeddings
+            self.context_name = "the model's context"
         self.tokenizer = self._tokenizer(tokenizer, directory)
         self.add_bos = _tokenizer_default_bos(directory) if add_bos is None else add_bos
         if self.add_bos and (self.tokenizer is None or self.tokenizer.bos_id is None):
@@ -192,7 +218,7 @@ class Generator:
 
     # --------------------------------------------------------------------------------- the loop
     def _check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
-        context = self.config.max_position_embeddings
+        context, name = self.context, self.context_name
         if max_new_tokens < 1:
             raise InferError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         for ids in prompts:
@@ -200,13 +226,13 @@ class Generator:
                 raise InferError("empty prompt: give some text to continue")
             if len(ids) >= context:
                 raise InferError(
-                    f"prompt of {len(ids)} tokens is longer than the model's context "
+                    f"prompt of {len(ids)} tokens is longer than {name} "
                     f"({context} positions, one of them for the first new token)"
                 )
             if len(ids) + max_new_tokens > context:
                 raise InferError(
-                    f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the "
-                    f"model's context of {context} positions: lower max_new_tokens to "
+                    f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds "
+                    f"{name} of {context} positions: lower max_new_tokens to "
                     f"{context - len(ids)} or shorten the prompt"
                 )
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]

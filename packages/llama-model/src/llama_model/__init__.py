@@ -1,12 +1,14 @@
 """A LLaMA decoder on PaddlePaddle with a declarative dp/mp/pp auto-parallel plan."""
 
+from llama_model import kernels
 from llama_model.config import PRESETS, LlamaConfig, preset
 from llama_model.errors import LlamaModelError
 from llama_model.hf_names import state_dict_from_hf, state_dict_to_hf
 from llama_model.kernels import backend as kernel_backend
 from llama_model.loss import IGNORE_INDEX, causal_lm_loss, count_valid_tokens, token_loss_sum
 from llama_model.model import LlamaForCausalLM
-from llama_model.parallel import ParallelModel
+from llama_model.parallel import ParallelModel, check_backend_support
+from llama_model.static import check_static_supported
 from llama_model.strategy import Strategy
 from llama_model.version import __version__
 
@@ -20,8 +22,11 @@ __all__ = [
     "Strategy",
     "__version__",
     "causal_lm_loss",
+    "check_backend_support",
+    "check_static_supported",
     "count_valid_tokens",
     "kernel_backend",
+    "kernels",
     "preset",
     "state_dict_from_hf",
     "state_dict_to_hf",

@@ -5,11 +5,14 @@ Contract shared with llama-ops (same numbers within fp32 tolerance):
     rms_norm(x, weight, eps)       x: [..., h], weight: [h]
     apply_rope(q, k, cos, sin)     q: [b, s, nq, d], k: [b, s, nk, d], cos/sin: [s, d] (rotate-half layout)
     swiglu(gate, up)               silu(gate) * up
+
+``rms_norm``, ``apply_rope`` and ``swiglu`` are the chosen ones; ``plain`` holds the plain-Paddle three.
 """
 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from llama_model._paddle import paddle
 
@@ -52,6 +55,10 @@ def _apply_rope(q, k, cos, sin):
 def _swiglu(gate, up):
     return F.silu(gate) * up
 
+
+# The plain-Paddle primitives whatever is installed, for programs that must not depend on llama-ops:
+# an exported inference program is loaded by processes that never import it.
+plain = SimpleNamespace(rms_norm=_rms_norm, apply_rope=_apply_rope, swiglu=_swiglu)
 
 if _ops is not None:
     rms_norm = _ops.rms_norm

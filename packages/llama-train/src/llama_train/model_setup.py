@@ -67,7 +67,7 @@ def resolve_seq_len(cfg: RunConfig, config: LlamaConfig) -> None:
 
 def check_layout(cfg: RunConfig, config: LlamaConfig, strategy: Strategy) -> None:
     """Degrees against the model and the batch, and what the backend can run, each in one line."""
-    from llama_model.parallel import check_backend_support
+    from llama_model import check_backend_support, check_static_supported
 
     try:
         strategy.validate(config, global_batch=cfg.batch_size)
@@ -75,8 +75,6 @@ def check_layout(cfg: RunConfig, config: LlamaConfig, strategy: Strategy) -> Non
     except LlamaModelError as exc:
         raise TrainError(str(exc)) from None
     if cfg.to_static:
-        from llama_model.static import check_static_supported
-
         try:
             check_static_supported(strategy)
         except LlamaModelError as exc:

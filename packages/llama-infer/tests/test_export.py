@@ -1,0 +1,212 @@
+"""Export to static programs and generation through Paddle's inference engine: the same tokens as
+dygraph, a fresh process that never imports llama-model, and one-line refusals of bad exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+from conftest import padded_prompts, random_model, tiny_config, write_model_dir
+from test_loading_and_cli import cli, error_line
+
+from llama_infer import CachedDecoder, Generator, StaticDecoder, export_model, read_manifest
+
+CAPACITY = 40
+
+
+@pytest.fixture(scope="module")
+def exports(model_dirs, tmp_path_factory):
+    """{name: (model, model_dir, export_dir)} for the MHA and the GQA (tied) model."""
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for name, (model, paddle_dir, _) in model_dirs.items():
+        out[name] = (model, paddle_dir, str(root / name))
+        result = cli(
+            "export", "--model", paddle_dir, "--output", out[name][2],
+            "--max-seq-len", str(CAPACITY),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+def _batch(prompts):
+    width = max(map(len, prompts))
+    pads = np.array([width - len(p) for p in prompts])
+    batch = np.zeros((len(prompts), width), np.int64)
+    for i, p in enumerate(prompts):
+        batch[i, pads[i] :] = p
+    return batch, pads
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_static_steps_give_dygraph_logits(exports, name):
+    model, _, export_dir = exports[name]
+    batch, pads = _batch(padded_prompts(7, (4, 11, 1)))
+    dygraph, static = CachedDecoder(model), StaticDecoder(export_dir, threads=1)
+    d_state, d_logits = dygraph.prefill(batch, pads, 20)
+    s_state, s_logits = static.prefill(batch, pads, 20)
+    assert tuple(s_state.keys[0].shape)[2] == CAPACITY  # the exported, fixed capacity
+    rng = np.random.default_rng(1)
+    for _ in range(6):  # prefill, then decode steps fed the same (random) tokens
+        np.testing.assert_allclose(s_logits, d_logits, rtol=1e-4, atol=1e-5)
+        tokens = rng.integers(0, 256, len(batch))
+        d_logits, s_logits = dygraph.step(d_state, tokens), static.step(s_state, tokens)
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_static_generation_matches_dygraph(exports, name):
+    _, model_dir, export_dir = exports[name]
+    dygraph, static = Generator(model_dir, threads=1), Generator(export_dir, threads=1)
+    single = [padded_prompts(3, (6,))[0]]
+    padded = padded_prompts(4, (5, 12, 2, 8))
+    for prompts in (single, padded):
+        options = dict(max_new_tokens=12, eos_token_ids=(), batch_size=len(prompts))
+        want = [c.token_ids for c in dygraph.generate_ids(prompts, **options)]
+        got = [c.token_ids for c in static.generate_ids(prompts, **options)]
+        assert got == want
+        assert all(len(ids) == 12 for ids in got)
+    sampled = dict(max_new_tokens=10, eos_token_ids=(), decode_strategy="sampling", top_p=0.9)
+    want = [c.token_ids for c in dygraph.generate_ids(padded, seed=5, **sampled)]
+    assert [c.token_ids for c in static.generate_ids(padded, seed=5, **sampled)] == want
+
+
+def test_manifest_names_the_programs_inputs_and_outputs(exports):
+    _, _, export_dir = exports["gqa"]
+    manifest = read_manifest(export_dir)
+    assert sorted(os.listdir(export_dir)) == [
+        "config.json",
+        "decode.json",
+        "export.json",
+        "params.pdiparams",
+        "prefill.json",
+    ]  # fmt: skip  -- the two programs share one parameter file
+    assert manifest["capacity"] == CAPACITY and manifest["num_layers"] == 2
+    decoder = StaticDecoder(export_dir, threads=1)
+    for name, predictor in (
+        ("prefill", decoder.prefill_program),
+        ("decode", decoder.decode_program),
+    ):
+        inputs = [s["name"] for s in manifest["programs"][name]["inputs"]]
+        assert predictor.get_input_names() == inputs
+        assert inputs[:4] == ["input_ids", "positions", "start", "mask"]
+        assert inputs[4:] == ["key_cache_0", "key_cache_1", "value_cache_0", "value_cache_1"]
+        assert len(predictor.get_output_names()) == len(manifest["programs"][name]["outputs"]) == 5
+    kv = manifest["programs"]["decode"]["inputs"][4]["shape"]
+    assert kv == [None, 2, CAPACITY, 16]  # [batch (open), kv heads, capacity, head_dim]
+    assert manifest["programs"]["decode"]["inputs"][0]["shape"] == [None, 1]
+    assert manifest["programs"]["prefill"]["inputs"][0]["shape"] == [None, None]
+
+
+# Run in a fresh interpreter where importing llama-model (or llama-ops) fails: serving an export
+# must need only paddle and llama-infer.
+_WITHOUT_LLAMA_MODEL = """
+import runpy, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("llama_model", "llama_ops"):
+            raise ImportError(f"{name} must not be imported")
+sys.meta_path.insert(0, Refuse())
+sys.argv = ["llama-infer", *sys.argv[1:]]
+runpy.run_module("llama_infer.cli", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def byte_export(tmp_path_factory):
+    """(model_dir, export_dir) of a model with the byte tokenizer's vocabulary (259 ids), so prompts
+    can be text."""
+    model = random_model(tiny_config(vocab_size=260, eos_token_id=257, bos_token_id=256), seed=9)
+    root = tmp_path_factory.mktemp("byte")
+    model_dir, export_dir = write_model_dir(model, str(root / "m")), str(root / "export")
+    result = cli("export", "--model", model_dir, "--output", export_dir, "--max-seq-len", "40")
+    assert result.returncode == 0, result.stderr
+    return model_dir, export_dir
+
+
+def test_export_runs_in_a_process_without_llama_model(byte_export, tmp_path):
+    model_dir, export_dir = byte_export
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"src": "To be"}\n{"src": "or not to be, that is"}\n')
+    args = ["--threads", "1", "--tokenizer", "byte", "--input-file", str(prompts)]
+    args += ["--max-new-tokens", "8", "--batch-size", "2"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    static = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LLAMA_MODEL, "--model", export_dir, *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert static.returncode == 0, static.stderr
+    dygraph = cli("--model", model_dir, *args[2:])
+    assert dygraph.returncode == 0, dygraph.stderr
+    outputs = [json.loads(line)["output"] for line in static.stdout.splitlines()]
+    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    assert outputs == [json.loads(line)["output"] for line in dygraph.stdout.splitlines()]
+
+
+def test_bad_exports_and_prompts_fail_in_one_line(byte_export, tmp_path):
+    model_dir, export_dir = byte_export
+    run = ("--tokenizer", "byte", "--prompt", "To be")
+    # A prompt + new tokens beyond the exported capacity (the model's own context is 64).
+    assert "exceeds the export's capacity" in error_line(
+        cli("--model", export_dir, *run, "--max-new-tokens", str(CAPACITY))
+    )
+    assert "longer than the export's capacity" in error_line(
+        cli("--model", export_dir, "--tokenizer", "byte", "--prompt", "x" * CAPACITY)
+    )
+    # Another export format version.
+    newer = tmp_path / "newer"
+    shutil.copytree(export_dir, newer)
+    manifest = json.loads((newer / "export.json").read_text())
+    manifest.update(format_version=2, created_by="llama-infer 9.0.0")
+    (newer / "export.json").write_text(json.dumps(manifest))
+    assert "exported by llama-infer 9.0.0 in export format 2" in error_line(
+        cli("--model", str(newer), *run)
+    )
+    # A missing program.
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    (broken / "decode.json").unlink()
+    line = error_line(cli("--model", str(broken), *run))
+    assert "decode.json is missing: the export is incomplete" in line
+    # Exporting over an existing directory, a capacity beyond the context, a dtype the CPU lacks.
+    assert "exists; remove it or pass --overwrite" in error_line(
+        cli("export", "--model", model_dir, "--output", export_dir)
+    )
+    new = str(tmp_path / "new")
+    assert "between 2 and the model's context (64)" in error_line(
+        cli("export", "--model", model_dir, "--output", new, "--max-seq-len", "65")
+    )
+    assert not os.path.exists(new)  # nothing half-written left behind
+    if not paddle.is_compiled_with_cuda():
+        assert "needs a GPU" in error_line(
+            cli("export", "--model", model_dir, "--output", new, "--dtype", "bfloat16")
+        )
+    assert "--dtype bfloat16 applies when exporting" in error_line(
+        cli("--model", export_dir, *run, "--dtype", "bfloat16")
+    )
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
+
+
+def test_export_api_ships_tokenizer_and_overwrites(model_dirs, tmp_path):
+    model, _, _ = model_dirs["gqa"]
+    tokenizer_dir = tmp_path / "tok"
+    tokenizer_dir.mkdir()
+    (tokenizer_dir / "tokenizer.json").write_text('{"model": {}}')
+    (tokenizer_dir / "tokenizer_config.json").write_text('{"add_bos_token": false}')
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    manifest = export_model(
+        model, str(out), capacity=8, tokenizer=str(tokenizer_dir), overwrite=True
+    )
+    assert manifest["capacity"] == 8 and manifest["dtype"] == "float32"
+    assert not (out / "stale.txt").exists()  # replaced whole, not merged
+    assert (out / "tokenizer.json").read_text() == '{"model": {}}'
+    assert (out / "tokenizer_config.json").exists()
+    # The exported config is the model's.
+    assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 2
