@@ -21,6 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from bench_figures import Figures  # the repository's figures protocol
 
 PROMPT, NEW = 32, 128
 KINDS = ("dygraph", "static", "hf")  # llama-infer on a model directory, on an export; transformers
@@ -153,8 +157,25 @@ def main() -> None:
     print("| kv heads | batch | dygraph tok/s | static tok/s | transformers tok/s | dygraph/hf | "
           "static/hf | static/dygraph | first token ms: dygraph / static / hf |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
+    figures = Figures(__file__, vars(args))
     for name, batch, med in rows:
         tps = {k: batch * NEW / med[k]["total"] for k in KINDS}
+        case = f"kv {name[2:]}, batch {batch}"
+        hf = dict(peer="transformers generate (sdpa)", better="higher")
+        figures.add(case, "decode", "tokens/s", "llama-infer dygraph", tps["dygraph"],
+                    peer_value=tps["hf"], **hf)  # fmt: skip
+        figures.add(case, "decode", "tokens/s", "llama-infer static predictor", tps["static"],
+                    peer_value=tps["hf"], **hf)  # fmt: skip
+        figures.add(case, "decode vs dygraph", "tokens/s", "llama-infer static predictor",
+                    tps["static"], peer="llama-infer dygraph", peer_value=tps["dygraph"],
+                    better="higher")  # fmt: skip
+        for kind, label in (
+            ("dygraph", "llama-infer dygraph"),
+            ("static", "llama-infer static predictor"),
+        ):
+            figures.add(case, "time to first token", "ms", label, med[kind]["first"] * 1e3,
+                        peer="transformers generate (sdpa)", peer_value=med["hf"]["first"] * 1e3,
+                        better="lower")  # fmt: skip
         first = " / ".join(f"{med[k]['first'] * 1e3:.1f}" for k in KINDS)
         print(f"| {name[2:]} | {batch} | {tps['dygraph']:.0f} | {tps['static']:.0f} | {tps['hf']:.0f} | "
               f"{tps['dygraph'] / tps['hf']:.2f}x | {tps['static'] / tps['hf']:.2f}x | "
