@@ -106,9 +106,10 @@ def main():
                 opt.step()
                 opt.clear_grad()
                 records.append({"step": step, "loss": loss, "grad_norm": norm})
-            # a held-out batch, forward only
-            ids, labels = next(batches(1, cfg.vocab_size, seed=99))
-            records.append({"step": "eval", "loss": pm.evaluate(ids, labels)})
+            # two held-out batches, forward only (evaluate runs more than once between steps)
+            for seed in (99, 100):
+                ids, labels = next(batches(1, cfg.vocab_size, seed=seed))
+                records.append({"step": "eval", "loss": pm.evaluate(ids, labels)})
         # every rank reports what it saw, so the test can check all ranks agree
         seen = [records]
         if pm.distributed:

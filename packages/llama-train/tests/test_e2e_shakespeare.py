@@ -8,10 +8,13 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import paddle
 import pytest
 from conftest import losses, run_cli
 
 from llama_ckpt import DistCheckpoint
+from llama_model import causal_lm_loss
+from llama_train import read_metrics
 from llama_train.options import resolve
 from llama_train.preparation import prepare
 from llama_train.worker import run_worker
@@ -69,6 +72,22 @@ def test_shakespeare_dp2mp2pp2_equals_one_process(shakespeare, tmp_path):
     assert sorted(dist_losses) == sorted(single_losses) == list(range(1, STEPS + 1))
     worst = max(abs(dist_losses[k] - single_losses[k]) for k in dist_losses)
     assert worst <= 1e-5, worst
+    # Evaluation (forward only; under pp through the pipeline's evaluation schedule) at steps 100
+    # and 200 gives the one-process values, and a held-out loss near the training loss.
+    valid = {
+        name: {r["step"]: r["valid_loss"] for r in read_metrics(str(out)) if r["split"] == "valid"}
+        for name, out in (("dist", dist_out), ("single", single_out))
+    }
+    assert sorted(valid["dist"]) == sorted(valid["single"]) == [100, STEPS]
+    for step, loss in valid["single"].items():
+        assert abs(valid["dist"][step] - loss) <= 1e-5, (step, valid["dist"][step], loss)
+        assert abs(loss - single_losses[step]) < 0.5, (step, loss, single_losses[step])
+    with paddle.no_grad():  # the final one, recomputed by a plain forward of the trained model
+        batch_losses = [
+            float(causal_lm_loss(trainer.pm.module(paddle.to_tensor(ids)), paddle.to_tensor(lab)))
+            for ids, lab in trainer.data.valid_batches()
+        ]
+    assert abs(np.mean(batch_losses) - valid["single"][STEPS]) <= 1e-5
     first = np.mean([single_losses[k] for k in range(1, 11)])
     last = np.mean([single_losses[k] for k in range(STEPS - 9, STEPS + 1)])
     assert first > 5.0 and last < first - 2.0, (

@@ -71,6 +71,8 @@ def _attention(attn, ops, h, cos, sin, start, mask, keys, values, dims):
     b, s, nq, nk = dims
     d = attn.q_proj.weight.shape[1] // nq
     g = nq // nk
+    if isinstance(s, int):  # with s known, -1 stands for the batch: no shape arithmetic in a program
+        b = -1
     # The kernel's rotary takes one table row per sequence slot; flattening (batch, seq) into the
     # sequence axis gives every token of every row its own position.
     q = paddle.matmul(h, attn.q_proj.weight).reshape([1, -1, nq, d])
@@ -79,11 +81,13 @@ def _attention(attn, ops, h, cos, sin, start, mask, keys, values, dims):
     v = paddle.matmul(h, attn.v_proj.weight)
     keys = _write(keys, _heads_first(k, b, s, nk, d), start, s)
     values = _write(values, _heads_first(v, b, s, nk, d), start, s)
+    capacity = keys.shape[2]
     # [b, nq, s, d] -> [b, nk, g*s, d]: query head j uses key/value head j // g.
-    q = _heads_first(q, b, s, nq, d).reshape([b, nk, -1, d])
+    gs = g * s if isinstance(s, int) else -1
+    q = _heads_first(q, b, s, nq, d).reshape([b, nk, gs, d])
     scores = paddle.matmul(q, keys, transpose_y=True) * (d**-0.5)  # [b, nk, g*s, capacity]
-    scores = scores.reshape([b, nk, g, s, -1]) + mask
-    probs = F.softmax(scores, axis=-1).reshape([b, nk, -1, keys.shape[2]])
+    scores = scores.reshape([b, nk, g, s, capacity]) + mask
+    probs = F.softmax(scores, axis=-1).reshape([b, nk, gs, capacity])
     out = paddle.matmul(probs, values)  # [b, nk, g*s, d]
     if _one(s):  # heads and sequence swap for free when there is one position
         out = out.reshape([b, 1, nq * d])
@@ -104,7 +108,7 @@ def _write(cache, new, start, s):
 
 
 def _heads_first(x, b, s, heads: int, d: int):
-    """[b, s, heads, d] (in any shape holding those elements) -> [b, heads, s, d]."""
+    """[b, s, heads, d] (in any shape holding those elements) -> [b, heads, s, d]; b may be -1."""
     if _one(s):  # a reshape, not a copy: with one position the axes swap for free
         return x.reshape([b, heads, 1, d])
     return x.reshape([b, s, heads, d]).transpose([0, 2, 1, 3])

@@ -115,7 +115,6 @@ class ParallelModel:
         self.compute_dtype = compute_dtype
         self._schedule = schedule
         self._pp_group = pp_group
-        self._eval_schedule = None  # built on the first evaluate() with pp > 1
 
     # ------------------------------------------------------------------------------------- build
     @classmethod
@@ -260,11 +259,12 @@ class ParallelModel:
         return self._loss_on_every_rank(local)
 
     def _pipeline_eval(self, input_ids, labels, scale) -> float | None:
-        if self._eval_schedule is None:
-            self._eval_schedule = make_schedule(
-                self.module, self.strategy, self.layout.stage, self._pp_group, loss_fn=None
-            )
-        schedule = self._eval_schedule
+        # A new forward-only schedule per call: a schedule's next step() clears the gradients of its
+        # receive buffers, and Paddle 3.3.1 raises "Detected nullptr grad" on buffers that never had
+        # one (no backward ran), so a forward-only schedule cannot be stepped twice.
+        schedule = make_schedule(
+            self.module, self.strategy, self.layout.stage, self._pp_group, loss_fn=None
+        )
         if self.is_first_stage:
             schedule.step(self._place(input_ids))
             return None

@@ -158,12 +158,11 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- evaluation
     def evaluate(self, step: int) -> float:
-        """Mean token loss over the valid batches. The model API has only a training step, so each
-        batch runs forward + backward and its gradients are dropped (correct for every layout)."""
+        """Mean token loss over the valid batches: forward passes only, no gradients (through the
+        pipeline's own evaluation schedule when pp > 1)."""
         total, count = 0.0, 0
         for input_ids, labels in self.data.valid_batches():
-            total += self.pm.forward_backward(input_ids, labels)
-            self.opt.clear_grad()
+            total += self.pm.evaluate(input_ids, labels)
             count += 1
         loss = total / count
         record = {
