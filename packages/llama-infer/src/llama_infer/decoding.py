@@ -71,7 +71,9 @@ def _attention(attn, ops, h, cos, sin, start, mask, keys, values, dims):
     b, s, nq, nk = dims
     d = attn.q_proj.weight.shape[1] // nq
     g = nq // nk
-    if isinstance(s, int):  # with s known, -1 stands for the batch: no shape arithmetic in a program
+    if isinstance(
+        s, int
+    ):  # with s known, -1 stands for the batch: no shape arithmetic in a program
         b = -1
     # The kernel's rotary takes one table row per sequence slot; flattening (batch, seq) into the
     # sequence axis gives every token of every row its own position.
