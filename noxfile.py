@@ -4,7 +4,7 @@ One list, ``PACKAGES``, says which packages exist, which sibling packages each o
 and which extras its tests need. Every per-package session is parametrised from it, and the CI matrix
 is generated from it (.ci/packages.py) so nobody edits a matrix by hand.
 
-    nox -s tests                          # every package's whole test suite
+    nox -s release_check tests wheels     # what CI runs (.ci/run): checks, suites, wheels alone
     nox -s "tests(llama-data)"            # one package
     nox -s "tests(llama-data)" -- -m "not e2e" -x   # pytest options after --
     nox -s lint build bench demo tests_dist
@@ -148,6 +148,25 @@ def build(session: nox.Session, package: str) -> None:
     out = ROOT / "dist" / package
     shutil.rmtree(out, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(out), str(PACKAGES[package].path))
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", NAMES, ids=NAMES)
+def wheels(session: nox.Session, package: str) -> None:
+    """The package's wheel (and its siblings' wheels) alone in a fresh virtualenv: --help and one
+    real command, checked (.ci/install_alone). Options for pytest after --."""
+    session.install("pytest", "packaging", "numpy")
+    test = "test_" + package.replace("-", "_")
+    session.run(
+        "pytest",
+        str(ROOT / ".ci" / "install_alone"),
+        "-p",
+        "no:cacheprovider",
+        "-ra",
+        "-k",
+        test,
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
