@@ -190,3 +190,18 @@ def test_cli_errors_are_one_line(byte_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no src"}\n')
     assert '"src"' in error_line(cli("--model", directory, "--input-file", str(bad)))
+
+
+def test_cli_group_version_help_and_default_command():
+    def run(*args):
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+    from llama_infer import __version__
+
+    assert run("--version").stdout.strip() == f"llama-infer, version {__version__}"
+    listing = run("--help").stdout
+    assert "export" in listing and "generate" in listing
+    # generation is the default command: its options work without naming it
+    assert "--decode-strategy" in run("generate", "--help").stdout
+    missing = run("--model", "/nonexistent", "--prompt", "a")
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr

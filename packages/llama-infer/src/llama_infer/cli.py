@@ -121,7 +121,8 @@ class _GenerateByDefault(click.Group):
     people type most, and it predates ``export``."""
 
     def parse_args(self, ctx, args):
-        if not args or args[0] not in self.commands:
+        # The group's own --help (listing both commands) and --version stay the group's.
+        if not args or args[0] not in (*self.commands, "--help", "-h", "--version"):
             args = ["generate", *args]
         return super().parse_args(ctx, args)
 
@@ -129,8 +130,13 @@ class _GenerateByDefault(click.Group):
 @click.group(cls=_GenerateByDefault, context_settings=HELP)
 @click.version_option(__version__, prog_name="llama-infer")
 def main():
-    """Generate text with a LLaMA model (`llama-infer [generate] --help`), or export it to static
-    inference programs (`llama-infer export --help`)."""
+    """Generate text with a LLaMA model, or export it to static inference programs.
+
+    \b
+    llama-infer --model llama-dir --prompt "To be"     # generate is the default command
+    llama-infer generate --help                         # every generation option
+    llama-infer export --model llama-dir --output llama-export
+    """
 
 
 @main.command(context_settings=HELP)
