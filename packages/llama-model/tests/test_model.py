@@ -113,3 +113,28 @@ def test_hf_name_mapping_round_trip():
     assert sorted(back) == sorted(state)
     for k in state:
         np.testing.assert_array_equal(back[k], state[k])
+
+
+def _spin_count_after_import(**env) -> str:
+    import subprocess
+    import sys
+
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "LLAMA_OPS_DISABLE")
+    }
+    code = "import os, llama_model; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_gomp_spin_count_is_zero_only_when_llama_ops_kernels_will_run():
+    import importlib.util
+
+    installed = importlib.util.find_spec("llama_ops") is not None
+    # llama-ops' libgomp threads must not spin between its kernels and Paddle's matmuls
+    assert _spin_count_after_import() == ("0" if installed else "None")
+    assert _spin_count_after_import(LLAMA_OPS_DISABLE="1") == "None"
+    assert _spin_count_after_import(GOMP_SPINCOUNT="300") == "300"  # the user's choice stands
