@@ -32,7 +32,10 @@ def _fused_kernels_coming() -> bool:
     off = ("LLAMA_OPS_DISABLE", "LLAMA_MODEL_NO_OPS")
     if any(os.environ.get(v, "") not in ("", "0") for v in off):
         return False
-    return importlib.util.find_spec("llama_ops") is not None
+    try:
+        return importlib.util.find_spec("llama_ops") is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
+        return False
 
 
 # As llama-model does (see its _paddle.py): llama-ops' libgomp threads must not spin between its
