@@ -114,6 +114,12 @@ def run_interactive(gen, options: dict, tty: bool) -> None:
 
 
 HELP = {"help_option_names": ["-h", "--help"]}
+# Shared by generate and export, which read model weights the same way.
+ALLOW_PICKLE = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow a .pdparams (a pickle: loading one can run code; only for files you trust).",
+)
 
 
 class _GenerateByDefault(click.Group):
@@ -205,11 +211,7 @@ def main():
 @click.option(
     "--threads", type=int, default=None, help="CPU threads [default: all available cores]."
 )
-@click.option(
-    "--allow-pickle",
-    is_flag=True,
-    help="Allow a .pdparams (a pickle: loading one can run code; only for files you trust).",
-)
+@ALLOW_PICKLE
 @click.option(
     "--stream/--no-stream",
     default=True,
@@ -334,11 +336,7 @@ def _generate_all(gen, records: list[dict], batch_size: int, options: dict) -> l
     help="Tokenizer file or directory to ship in the export [default: the model directory's].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
-@click.option(
-    "--allow-pickle",
-    is_flag=True,
-    help="Allow a .pdparams (a pickle: loading one can run code; only for files you trust).",
-)
+@ALLOW_PICKLE
 @_user_errors
 def export(model_path, output, dtype, max_seq_len, tokenizer, overwrite, allow_pickle):
     """Export a model's prefill and decode steps as Paddle inference programs.
