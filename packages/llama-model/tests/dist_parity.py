@@ -42,6 +42,18 @@ def gather_whole(param):
     return param.numpy()
 
 
+def eager_optimizer_state(pm, opt):
+    """AdamW's accumulators as ``optimizer.<param name>.<accumulator>`` (the compiled step's names)."""
+    names = {p.name: n for n, p in pm.named_parameters()}
+    inner = opt.__dict__.get("_inner_opt", opt)
+    return {
+        f"optimizer.{names[auto]}.{acc}": tensor
+        for acc, per_param in inner._accumulators.items()
+        for auto, tensor in per_param.items()
+        if auto in names
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--strategy", default="dp1")
@@ -53,8 +65,9 @@ def main():
     ap.add_argument("--stage-layers", default=None, help="layers per stage, e.g. 1,3")
     ap.add_argument("--load", default=None)
     ap.add_argument(
-        "--static", action="store_true", help="train through dist.to_static (no clipping)"
+        "--static", action="store_true", help="train through dist.to_static (one micro-batch)"
     )
+    ap.add_argument("--vary-lr", action="store_true", help="a different learning rate per step")
     args = ap.parse_args()
 
     cfg = preset("tiny")
@@ -94,22 +107,28 @@ def main():
             learning_rate=1e-3, weight_decay=0.01, epsilon=1e-6, parameters=pm.parameters()
         )
         records = []
+        # --vary-lr: a learning rate per step, set as a trainer's schedule sets it
+        lrs = [1e-3 * ((1 + step % 3) / 2 if args.vary_lr else 1) for step in range(args.steps)]
         if args.static:
-            step_fn = pm.to_static(opt, GLOBAL_BATCH, SEQ)
+            step_fn = pm.to_static(opt, GLOBAL_BATCH, SEQ, clip_norm=args.clip)
             for step, (ids, labels) in enumerate(batches(args.steps, cfg.vocab_size)):
-                records.append({"step": step, "loss": step_fn(ids, labels)})
+                step_fn.set_lr(lrs[step])
+                loss = step_fn(ids, labels)
+                records.append({"step": step, "loss": loss, "grad_norm": step_fn.grad_norm})
+            step_fn.sync_module()  # the eager module evaluates the compiled step's weights
         else:
             opt = pm.shard_optimizer(opt)
             for step, (ids, labels) in enumerate(batches(args.steps, cfg.vocab_size)):
+                opt.set_lr(lrs[step])
                 loss = pm.forward_backward(ids, labels)
                 norm = pm.clip_grad_norm(args.clip) if args.clip > 0 else pm.grad_norm()
                 opt.step()
                 opt.clear_grad()
                 records.append({"step": step, "loss": loss, "grad_norm": norm})
-            # two held-out batches, forward only (evaluate runs more than once between steps)
-            for seed in (99, 100):
-                ids, labels = next(batches(1, cfg.vocab_size, seed=seed))
-                records.append({"step": "eval", "loss": pm.evaluate(ids, labels)})
+        # two held-out batches, forward only (evaluate runs more than once between steps)
+        for seed in (99, 100):
+            ids, labels = next(batches(1, cfg.vocab_size, seed=seed))
+            records.append({"step": "eval", "loss": pm.evaluate(ids, labels)})
         # every rank reports what it saw, so the test can check all ranks agree
         seen = [records]
         if pm.distributed:
@@ -120,9 +139,12 @@ def main():
                 json.dump({"strategy": args.strategy, "schedule": args.schedule, "ranks": seen}, fh)
             with open(os.path.join(args.out, "losses.jsonl"), "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in records if r["step"] != "eval")
-        state = (
-            step_fn.state_dict(prefix="model.") if args.static else pm.state_dict(prefix="model.")
-        )
+        if args.static:
+            state = step_fn.state_dict(prefix="model.")
+            state.update(step_fn.optimizer_state_dict(prefix="optimizer."))
+        else:
+            state = pm.state_dict(prefix="model.")
+            state.update(eager_optimizer_state(pm, opt))
         dist.save_state_dict(state, os.path.join(args.out, "ckpt"))
     if pm.distributed:
         dist.barrier()

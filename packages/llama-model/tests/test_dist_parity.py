@@ -160,18 +160,25 @@ STATIC_LAYOUTS = [
 @pytest.mark.dist
 @pytest.mark.parametrize(("name", "nprocs", "strategy"), STATIC_LAYOUTS)
 def test_to_static_matches_eager_single_process(runs, name, nprocs, strategy):
-    """dist.to_static training (one micro-batch, no clipping) equals eager training in one process."""
-    eager = runs("eager-mb1", 1, "--strategy", "dp1", "--micro-batches", "1", "--clip", "0")
-    want = [
-        r
-        for r in json.loads((eager / "losses.json").read_text())["ranks"][0]
-        if r["step"] != "eval"
-    ]
-    out = runs(name, nprocs, "--strategy", strategy, "--micro-batches", "1", "--static")
+    """dist.to_static training (one micro-batch, global-norm clipping active, a learning rate set per
+    step) equals eager training in one process: losses, gradient norms, held-out losses evaluated
+    after ``sync_module``, final parameters and AdamW's state under the same names."""
+    common = ("--micro-batches", "1", "--vary-lr")
+    eager = runs("eager-mb1", 1, "--strategy", "dp1", *common)
+    want = json.loads((eager / "losses.json").read_text())["ranks"][0]
+    out = runs(name, nprocs, "--strategy", strategy, *common, "--static")
+    clipped = [r for r in want if r["step"] != "eval" and r["grad_norm"] > 0.5]
+    assert clipped, "the reference never clipped: the test would not see a wrong clip"
     for records in json.loads((out / "losses.json").read_text())["ranks"]:
         assert [r["step"] for r in records] == [r["step"] for r in want]
         for got, ref in zip(records, want):
             assert abs(got["loss"] - ref["loss"]) <= TOL, (got, ref)
-    params, ref_params = _merged(out / "ckpt"), _merged(eager / "ckpt")
-    assert sorted(params) == sorted(ref_params)
-    assert max(float(np.abs(params[k] - ref_params[k]).max()) for k in ref_params) <= TOL
+            if ref["step"] != "eval":
+                assert abs(got["grad_norm"] - ref["grad_norm"]) <= TOL, (got, ref)
+    state, ref_state = _merged(out / "ckpt"), _merged(eager / "ckpt")
+    assert sorted(state) == sorted(ref_state)
+    assert sum(k.startswith("optimizer.") for k in state) == 4 * sum(
+        k.startswith("model.") for k in state
+    )
+    worst = max(float(np.abs(state[k] - ref_state[k]).max()) for k in ref_state)
+    assert worst <= TOL, worst

@@ -39,11 +39,27 @@ def test_the_same_options_pass_the_check_on_gpu():
         (Strategy(dp=2, mp=2), False, "to_static with dp×mp needs a GPU"),
         (Strategy(pp=2), True, "does not support pp > 1"),
         (Strategy(dp=2, micro_batches=2), False, "use micro_batches=1"),
+        (Strategy(mp=2, sequence_parallel=True), True, "does not compile sequence parallelism"),
     ],
 )
 def test_to_static_refusals(strategy, on_gpu, message):
     with pytest.raises(LlamaModelError, match=message):
         check_static_supported(strategy, on_gpu=on_gpu)
+
+
+def test_to_static_bf16_needs_a_gpu():
+    with pytest.raises(LlamaModelError, match="bfloat16 compute needs a GPU"):
+        check_static_supported(Strategy(), on_gpu=False, compute_dtype="bfloat16")
+    check_static_supported(Strategy(), on_gpu=True, compute_dtype="bfloat16")
+
+
+def test_compiled_step_refuses_an_optimizer_with_its_own_clip():
+    pm = ParallelModel.build(preset("tiny"), Strategy())
+    opt = paddle.optimizer.AdamW(
+        parameters=pm.parameters(), grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0)
+    )
+    with pytest.raises(LlamaModelError, match="give the optimizer no grad_clip"):
+        pm.to_static(opt, 8, 32, clip_norm=1.0)
 
 
 def test_to_static_allowed_layouts():

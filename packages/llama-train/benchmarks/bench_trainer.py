@@ -6,6 +6,7 @@
    own subprocess, alternated, in this run. Two trainer figures: its step time as logged (data
    loading, logging and checkpoints excluded: the overhead the budget of 5% is about), and its wall
    time per step over the whole loop (data loading and logging included; no checkpoint is saved).
+   Also the compiled step (``--to-static``) against the trainer's eager step.
 2. The tiny preset, dp2mp2pp2 (8 processes through the launcher) against one process: tokens/s.
 3. Time from the command to the first logged step, one process and 8 processes.
 
@@ -73,14 +74,15 @@ def worker_bare(steps: int, warmup: int, data: str) -> dict:
     return {"step_s": statistics.median(times)}
 
 
-def worker_trainer(steps: int, warmup: int, data: str, out: str) -> dict:
+def worker_trainer(steps: int, warmup: int, data: str, out: str, to_static: bool = False) -> dict:
     from llama_train.metrics import read_metrics
     from llama_train.options import resolve
     from llama_train.preparation import prepare
     from llama_train.worker import run_worker
 
     flags = {"model_config": "bench-t", "data": (data,), "output": out, "seq_len": T_SEQ, "micro_batch_size": T_BATCH,
-             "max_steps": warmup + steps, "lr": 1e-4, "split": "1", "eval_every": 0, "save_every": 0, "log_every": 1}  # fmt: skip
+             "max_steps": warmup + steps, "lr": 1e-4, "split": "1", "eval_every": 0, "save_every": 0, "log_every": 1,
+             "to_static": to_static}  # fmt: skip
     cfg = prepare(resolve({}, flags))
     start = time.perf_counter()
     run_worker(cfg)
@@ -155,7 +157,7 @@ def main() -> None:
         result = (
             worker_bare(int(rest[0]), int(rest[1]), rest[2])
             if kind == "bare"
-            else worker_trainer(int(rest[0]), int(rest[1]), rest[2], rest[3])
+            else worker_trainer(int(rest[0]), int(rest[1]), rest[2], rest[3], kind == "compiled")
         )
         print(json.dumps(result))
         return
@@ -163,14 +165,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data_t = _make_data(root, 8192, 400_000)
-        bare, trainer = [], []
+        bare, trainer, compiled = [], [], []
         for rep in range(args.repeats):
             bare.append(_subprocess("bare", args.steps, args.warmup, data_t))
             trainer.append(
                 _subprocess("trainer", args.steps, args.warmup, data_t, root / f"t{rep}")
             )
+            compiled.append(
+                _subprocess("compiled", args.steps, args.warmup, data_t, root / f"c{rep}")
+            )
         b = statistics.median(r["step_s"] for r in bare)
         t = statistics.median(r["step_s"] for r in trainer)
+        c = statistics.median(r["step_s"] for r in compiled)
         w = statistics.median(r["wall_step_s"] for r in trainer)
         tokens = T_BATCH * T_SEQ
         print(
@@ -185,6 +191,9 @@ def main() -> None:
             f"{'llama-train wall per step (data, logging)':44s} {w * 1e3:10.1f} {tokens / w:10.0f} {w / b:8.3f}"
         )
         print(
+            f"{'llama-train --to-static step (clip included)':44s} {c * 1e3:10.1f} {tokens / c:10.0f} {c / b:8.3f}"
+        )
+        print(
             f"trainer overhead: {100 * (t / b - 1):+.1f}% (step), {100 * (w / b - 1):+.1f}% (wall); budget +5%"
         )
         figures = Figures(__file__, vars(args))
@@ -195,6 +204,8 @@ def main() -> None:
         ):
             figures.add(case, metric, "ms", label, ours * 1e3, peer="bare ParallelModel step",
                         peer_value=b * 1e3, better="lower")  # fmt: skip
+        figures.add(case, "step time", "ms", "llama-train --to-static step (clip included)", c * 1e3,
+                    peer="llama-train eager step (clip included)", peer_value=t * 1e3, better="lower")  # fmt: skip
         if args.skip_dist:
             return
         import numpy as np

@@ -46,7 +46,11 @@ def base(tiny_corpus, tmp_path):
         (["--amp", "bf16"], "bfloat16 compute needs a GPU"),
         (["--amp", "fp16"], "--amp fp16 is not supported"),
         (["--to-static", "--strategy", "dp2mp2"], "to_static with dp×mp needs a GPU"),
-        (["--to-static"], "--to-static is not available in this version"),
+        (
+            ["--to-static", "--grad-accum", "2"],
+            "--to-static runs the global batch as one micro-batch",
+        ),
+        (["--to-static", "--strategy", "pp2"], "to_static does not support pp > 1"),
         (["--resume", "/nonexistent/ckpt"], "no such checkpoint directory"),
         (["--model-config", "nosuchpreset"], "neither a preset"),
     ],

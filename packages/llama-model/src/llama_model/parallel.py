@@ -319,12 +319,13 @@ class ParallelModel:
         dist.all_reduce(value)
         return float(value.numpy()[0]) / (self.strategy.dp * self.strategy.mp)
 
-    def to_static(self, optimizer, batch: int, seq: int):
-        """A compiled step (``static.StaticStep``) for global batches of shape [batch, seq]; refuses,
-        with one line, the layouts Paddle cannot compile correctly on this backend."""
+    def to_static(self, optimizer, batch: int, seq: int, clip_norm: float = 0.0):
+        """A compiled step (``static.StaticStep``) for global batches of shape [batch, seq] that
+        clips gradients by the global norm ``clip_norm`` (0: no clipping) like ``clip_grad_norm``;
+        refuses, with one line, the layouts Paddle cannot compile correctly on this backend."""
         from llama_model.static import StaticStep
 
-        return StaticStep(self, optimizer, batch, seq)
+        return StaticStep(self, optimizer, batch, seq, clip_norm=clip_norm)
 
     # ---------------------------------------------------------------------------- grad clipping
     def grad_norm(self) -> float:

@@ -75,15 +75,15 @@ def check_layout(cfg: RunConfig, config: LlamaConfig, strategy: Strategy) -> Non
     except LlamaModelError as exc:
         raise TrainError(str(exc)) from None
     if cfg.to_static:
+        if cfg.accumulation > 1:
+            raise TrainError(
+                "--to-static runs the global batch as one micro-batch: use --grad-accum 1 "
+                "(raise --micro-batch-size instead, or leave --global-batch-size out)"
+            )
         try:
-            check_static_supported(strategy)
+            check_static_supported(strategy, compute_dtype=compute_dtype(cfg))
         except LlamaModelError as exc:
             raise TrainError(f"--to-static: {exc}") from None
-        raise TrainError(
-            "--to-static is not available in this version: the compiled step keeps its optimizer "
-            "state under Paddle's automatic names (no resume across layouts) and cannot report the "
-            "gradient norm; the eager step is the supported path"
-        )
 
 
 def compute_dtype(cfg: RunConfig) -> str:

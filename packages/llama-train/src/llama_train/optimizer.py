@@ -23,19 +23,21 @@ def no_decay(name: str) -> bool:
 
 
 def build_optimizer(pm: ParallelModel, cfg: RunConfig):
+    """AdamW over this rank's parameters (the eager step wraps it with ``pm.shard_optimizer``; the
+    compiled step hands it to ``dist.to_static`` as it is)."""
     import paddle
 
     decayed = {p.name for n, p in pm.named_parameters() if not no_decay(n)}
-    opt = paddle.optimizer.AdamW(
+    return paddle.optimizer.AdamW(
         learning_rate=cfg.lr,
         beta1=cfg.adam_beta1,
         beta2=cfg.adam_beta2,
         epsilon=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
-        apply_decay_param_fun=lambda auto_name: auto_name in decayed,
+        # A compiled program names each parameter "<automatic name>.dist".
+        apply_decay_param_fun=lambda auto_name: auto_name.removesuffix(".dist") in decayed,
         parameters=pm.parameters(),
     )
-    return pm.shard_optimizer(opt)
 
 
 def inner(opt):

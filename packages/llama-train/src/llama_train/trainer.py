@@ -2,9 +2,9 @@
 
 Per step ``k`` (counted from 1): seed the random generators from (seed, k), set the learning rate
 of step k, read the global batch at the consumed-sample position, forward + backward over the
-micro-batches and stages, stop on a non-finite loss before anything is updated, clip by the
-global gradient norm, update, then log / evaluate / save as the cadences say, and stop when the
-ranks agree that a signal arrived.
+micro-batches and stages, clip by the global gradient norm and update (``steps``: eager or
+compiled), stop on a non-finite loss or norm with nothing saved, then log / evaluate / save as the
+cadences say, and stop when the ranks agree that a signal arrived.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from llama_train import optimizer as optim
-from llama_train.checkpoint import MODEL_PREFIX, CheckpointManager, TrainerState
-from llama_train.errors import NonFiniteLoss
+from llama_train.checkpoint import CheckpointManager, TrainerState
 from llama_train.metrics import (
     FLOPS_FORMULA,
     MetricsFile,
@@ -50,7 +48,7 @@ class Trainer:
         self,
         cfg,
         pm,
-        opt,
+        step_fn,
         data,
         ckpt: CheckpointManager,
         state: TrainerState,
@@ -62,7 +60,7 @@ class Trainer:
     ):
         self.cfg = cfg
         self.pm = pm
-        self.opt = opt
+        self.step_fn = step_fn  # steps.EagerStep or steps.CompiledStep
         self.data = data
         self.ckpt = ckpt
         self.state = state
@@ -97,19 +95,10 @@ class Trainer:
             step = state.step + 1
             paddle.seed(step_seed(cfg.seed, step))
             lr = self.schedule(step)
-            optim.set_lr(self.opt, lr)
+            self.step_fn.set_lr(lr)
             input_ids, labels = self.data.batch(state.consumed_samples)
             start = time.perf_counter()
-            loss = self.pm.forward_backward(input_ids, labels)
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(step, loss)
-            norm = (
-                self.pm.clip_grad_norm(cfg.clip_grad) if cfg.clip_grad > 0 else self.pm.grad_norm()
-            )
-            if not math.isfinite(norm):
-                raise NonFiniteLoss(step, norm, "gradient norm")
-            self.opt.step()
-            self.opt.clear_grad()
+            loss, norm = self.step_fn.run(step, input_ids, labels)
             window.add(time.perf_counter() - start)
             state.step = step
             state.consumed_samples += cfg.batch_size
@@ -162,7 +151,7 @@ class Trainer:
         pipeline's own evaluation schedule when pp > 1)."""
         total, count = 0.0, 0
         for input_ids, labels in self.data.valid_batches():
-            total += self.pm.evaluate(input_ids, labels)
+            total += self.step_fn.evaluate(input_ids, labels)
             count += 1
         loss = total / count
         record = {
@@ -179,6 +168,4 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self):
-        tensors = self.pm.state_dict(prefix=MODEL_PREFIX)
-        tensors.update(optim.state_dict(self.pm, self.opt))
-        return self.ckpt.save(self.state, tensors)
+        return self.ckpt.save(self.state, self.step_fn.checkpoint_tensors())

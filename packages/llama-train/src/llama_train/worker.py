@@ -27,10 +27,9 @@ def error_file(output: str, rank: int) -> Path:
     return Path(output) / "logs" / f"error.{rank}"
 
 
-def _restore(cfg, pm, opt, data, ckpt, config, strategy):
+def _restore(cfg, step_fn, data, ckpt, config, strategy):
     from llama_model import LlamaConfig
-    from llama_train import optimizer as optim
-    from llama_train.checkpoint import MODEL_PREFIX, TrainerState, resolve_resume
+    from llama_train.checkpoint import TrainerState, resolve_resume
 
     path = resolve_resume(cfg.resume, cfg.output)
     fresh = TrainerState(global_batch_size=cfg.batch_size, seed=cfg.seed, strategy=str(strategy),
@@ -48,10 +47,9 @@ def _restore(cfg, pm, opt, data, ckpt, config, strategy):
             f"--resume {path}: the data order differs from the checkpoint's (data, --split, --seq-len, "
             "--seed or --max-epochs changed)"
         )
-    optim.ensure_state(pm, opt)
-    tensors = pm.state_dict(prefix=MODEL_PREFIX)
-    tensors.update(optim.state_dict(pm, opt))
+    tensors = step_fn.checkpoint_tensors(for_loading=True)
     state = ckpt.load(path, tensors)
+    step_fn.loaded(tensors)
     state.strategy, state.world_size = str(strategy), strategy.world_size
     state.global_batch_size = cfg.batch_size
     return state, path
@@ -67,6 +65,7 @@ def run_worker(cfg, console=None) -> object:
     from llama_train.metrics import MetricsFile, default_peak_tflops
     from llama_train.optimizer import build_optimizer
     from llama_train.preemption import StopRequest
+    from llama_train.steps import build_step
     from llama_train.trainer import Trainer
 
     stop = None
@@ -79,14 +78,14 @@ def run_worker(cfg, console=None) -> object:
             config, strategy, seed=cfg.seed, recompute=recompute, compute_dtype=dtype
         )
         stop = StopRequest(distributed=pm.distributed)
-        opt = build_optimizer(pm, cfg)
+        step_fn = build_step(cfg, pm, build_optimizer(pm, cfg))
         data = TrainData(cfg)
         data.check_enough(cfg.max_steps)
         rank = pm.rank
         ckpt = CheckpointManager(
             cfg.output, rank, strategy.world_size, cfg.keep_last, config, cfg.tokenizer
         )
-        state, resumed_from = _restore(cfg, pm, opt, data, ckpt, config, strategy)
+        state, resumed_from = _restore(cfg, step_fn, data, ckpt, config, strategy)
         metrics = (
             MetricsFile(cfg.output, state.step if resumed_from else None) if rank == 0 else None
         )
@@ -99,14 +98,15 @@ def run_worker(cfg, console=None) -> object:
                 else "starting from scratch"
             )
             console.line(
-                f"{strategy} on {strategy.world_size} process(es), global batch {cfg.batch_size} × {cfg.seq_len} "
-                f"tokens, {data.num_samples:,} train samples; {where}"
+                f"{strategy} on {strategy.world_size} process(es), "
+                f"{'compiled (--to-static)' if step_fn.compiled else 'eager'} step, global batch "
+                f"{cfg.batch_size} × {cfg.seq_len} tokens, {data.num_samples:,} train samples; {where}"
             )
         peak = cfg.peak_tflops or default_peak_tflops(dtype)
         trainer = Trainer(
             cfg,
             pm,
-            opt,
+            step_fn,
             data,
             ckpt,
             state,
