@@ -158,15 +158,18 @@ def test_bad_exports_and_prompts_fail_in_one_line(byte_export, tmp_path):
     assert "longer than the export's capacity" in error_line(
         cli("--model", export_dir, "--tokenizer", "byte", "--prompt", "x" * CAPACITY)
     )
-    # Another export format version.
-    newer = tmp_path / "newer"
-    shutil.copytree(export_dir, newer)
-    manifest = json.loads((newer / "export.json").read_text())
-    manifest.update(format_version=2, created_by="llama-infer 9.0.0")
-    (newer / "export.json").write_text(json.dumps(manifest))
-    assert "exported by llama-infer 9.0.0 in export format 2" in error_line(
-        cli("--model", str(newer), *run)
-    )
+    # Another export format version: an older export (its programs take other inputs) or a newer one.
+    from llama_infer.manifest import FORMAT_VERSION
+
+    for version, writer in ((FORMAT_VERSION - 1, "0.2.0"), (FORMAT_VERSION + 1, "9.0.0")):
+        other = tmp_path / f"format{version}"
+        shutil.copytree(export_dir, other)
+        manifest = json.loads((other / "export.json").read_text())
+        manifest.update(format_version=version, created_by=f"llama-infer {writer}")
+        (other / "export.json").write_text(json.dumps(manifest))
+        line = error_line(cli("--model", str(other), *run))
+        assert f"exported by llama-infer {writer} in export format {version}" in line, line
+        assert f"reads format {FORMAT_VERSION}" in line, line
     # A missing program.
     broken = tmp_path / "broken"
     shutil.copytree(export_dir, broken)

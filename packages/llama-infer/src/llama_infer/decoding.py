@@ -23,15 +23,17 @@ F = paddle.nn.functional
 
 
 def decode_forward(
-    model: LlamaForCausalLM, ops, cos, sin, ids, positions, start, mask, keys, values
+    model: LlamaForCausalLM, ops, cos, sin, ids, positions, start, mask, keys, values, fresh=False
 ):
     """Logits [b, vocab] (float32) of the last of the new tokens ``ids`` [b, s].
 
     ``positions`` [b*s]: each token's rotary position; ``start``: the cache slot of the first new
-    token (an int, or an int64 tensor [1] in a compiled program); ``mask`` [b, 1, 1, s, capacity]:
-    additive; ``keys``/``values``: per layer [b, kv_heads, capacity, head_dim], written at slots
-    ``start..start+s`` (in place in dygraph; a compiled program returns the new caches, which is
-    why the updated lists are returned too). ``ops``: rms_norm / apply_rope / swiglu.
+    token (an int, or an int64 tensor [1] in a compiled program); ``keys``/``values``: per layer
+    [b, kv_heads, capacity, head_dim], written at slots ``start..start+s`` (in place in dygraph; a
+    compiled program returns the new caches, which is why the updated lists are returned too).
+    ``fresh``: the new tokens are the first in the cache (a prefill, ``start`` 0), so they attend
+    over their own keys only and ``mask`` is [b, 1, 1, s, s]; otherwise they attend over the whole
+    cache and ``mask`` is [b, 1, 1, s, capacity] (additive). ``ops``: rms_norm / apply_rope / swiglu.
     """
     # Sub-layers are used through their parameters rather than Layer.__call__, whose hook
     # machinery costs more than the small matmuls of a decode step.
@@ -44,7 +46,7 @@ def decode_forward(
     for i, layer in enumerate(llama.layers.values()):
         h = ops.rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.eps)
         out, k, v = _attention(
-            layer.self_attn, ops, h, cos, sin, start, mask, keys[i], values[i], dims
+            layer.self_attn, ops, h, cos, sin, start, mask, keys[i], values[i], dims, fresh
         )
         new_keys.append(k)
         new_values.append(v)
@@ -67,7 +69,7 @@ def _size(x, axis: int):
     return n if n >= 0 else paddle.shape(x)[axis]
 
 
-def _attention(attn, ops, h, cos, sin, start, mask, keys, values, dims):
+def _attention(attn, ops, h, cos, sin, start, mask, keys, values, dims, fresh):
     b, s, nq, nk = dims
     d = attn.q_proj.weight.shape[1] // nq
     g = nq // nk
@@ -81,16 +83,18 @@ def _attention(attn, ops, h, cos, sin, start, mask, keys, values, dims):
     k = paddle.matmul(h, attn.k_proj.weight).reshape([1, -1, nk, d])
     q, k = ops.apply_rope(q, k, cos, sin)
     v = paddle.matmul(h, attn.v_proj.weight)
-    keys = _write(keys, _heads_first(k, b, s, nk, d), start, s)
-    values = _write(values, _heads_first(v, b, s, nk, d), start, s)
-    capacity = keys.shape[2]
+    k, v = _heads_first(k, b, s, nk, d), _heads_first(v, b, s, nk, d)
+    keys, values = _write(keys, k, start, s), _write(values, v, start, s)
+    # A prefill attends over its own keys: the rest of the cache is empty.
+    attended_k, attended_v = (k, v) if fresh else (keys, values)
+    width = s if fresh else keys.shape[2]  # the keys attended: the prompt, or the whole cache
     # [b, nq, s, d] -> [b, nk, g*s, d]: query head j uses key/value head j // g.
     gs = g * s if isinstance(s, int) else -1
     q = _heads_first(q, b, s, nq, d).reshape([b, nk, gs, d])
-    scores = paddle.matmul(q, keys, transpose_y=True) * (d**-0.5)  # [b, nk, g*s, capacity]
-    scores = scores.reshape([b, nk, g, s, capacity]) + mask
-    probs = F.softmax(scores, axis=-1).reshape([b, nk, gs, capacity])
-    out = paddle.matmul(probs, values)  # [b, nk, g*s, d]
+    scores = paddle.matmul(q, attended_k, transpose_y=True) * (d**-0.5)  # [b, nk, g*s, width]
+    scores = scores.reshape([b, nk, g, s, width]) + mask
+    probs = F.softmax(scores, axis=-1).reshape([b, nk, gs, width])
+    out = paddle.matmul(probs, attended_v)  # [b, nk, g*s, d]
     if _one(s):  # heads and sequence swap for free when there is one position
         out = out.reshape([b, 1, nq * d])
     else:
@@ -140,9 +144,11 @@ class CachedDecoder(SlotDecoder):
     def step(self, state: DecodeState, tokens: np.ndarray):
         return super().step(state, tokens)
 
-    def _forward(self, ids, positions, start: int, mask, state: DecodeState) -> np.ndarray:
+    def _forward(
+        self, ids, positions, start: int, mask, state: DecodeState, fresh: bool
+    ) -> np.ndarray:
         logits, _, _ = decode_forward(
             self.model, kernels, self.cos, self.sin, ids, positions, start, mask,
-            state.keys, state.values,
+            state.keys, state.values, fresh=fresh,
         )  # fmt: skip
         return logits.numpy()

@@ -5,11 +5,12 @@ key/value cache as explicit inputs and outputs of a fixed capacity (slots), so a
 state between calls:
 
     inputs   input_ids [b, s] int64, positions [b*s] int64, start [1] int64,
-             mask [b, 1, 1, s, capacity], key_cache_0..L-1, value_cache_0..L-1 [b, kv_heads, capacity, d]
+             mask [b, 1, 1, s, s] (prefill) or [b, 1, 1, 1, capacity] (decode),
+             key_cache_0..L-1, value_cache_0..L-1 [b, kv_heads, capacity, d]
     outputs  logits [b, vocab] float32, then the updated key caches and value caches, same order
 
-The prefill program leaves s open; the decode program fixes s = 1, which lets its attention skip a
-transpose. The batch is open in both. The programs use plain Paddle ops (``kernels.plain``), never
+The prefill program leaves s open and attends over the prompt's own keys (the cache is empty before
+it); the decode program fixes s = 1, which lets its attention skip a transpose. The batch is open in both. The programs use plain Paddle ops (``kernels.plain``), never
 llama-ops' custom kernels, so any Paddle build loads them. Both programs hold the same parameters;
 they are written once when the two saves agree byte for byte.
 
@@ -51,10 +52,16 @@ class _Steps(paddle.nn.Layer):
         self.register_buffer("rope_cos", rotary.cos.astype(dtype), persistable=True)
         self.register_buffer("rope_sin", rotary.sin.astype(dtype), persistable=True)
 
-    def step(self, input_ids, positions, start, mask, key_caches, value_caches):
+    def prefill(self, input_ids, positions, start, mask, key_caches, value_caches):
+        return self._step(input_ids, positions, start, mask, key_caches, value_caches, fresh=True)
+
+    def decode(self, input_ids, positions, start, mask, key_caches, value_caches):
+        return self._step(input_ids, positions, start, mask, key_caches, value_caches, fresh=False)
+
+    def _step(self, input_ids, positions, start, mask, key_caches, value_caches, fresh):
         logits, keys, values = decode_forward(
             self.model, kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
-            mask, key_caches, value_caches,
+            mask, key_caches, value_caches, fresh=fresh,
         )  # fmt: skip
         return [logits, *keys, *values]
 
@@ -103,7 +110,7 @@ def export_model(
         for name, seq in (("prefill", None), ("decode", 1)):
             specs = io_specs(config, capacity, dtype, seq)
             fn = paddle.jit.to_static(
-                steps.step, input_spec=_input_specs(specs["inputs"]), full_graph=True
+                getattr(steps, name), input_spec=_input_specs(specs["inputs"]), full_graph=True
             )
             with warnings.catch_warnings():  # "what you save is a function": it is meant to be
                 warnings.simplefilter("ignore", UserWarning)

@@ -19,7 +19,7 @@ import os
 from llama_infer.errors import InferError
 
 FORMAT = "llama-infer-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the prefill program attends over the prompt only (mask [b,1,1,s,s])
 MANIFEST = "export.json"
 PROGRAMS = ("prefill", "decode")
 TOKENIZER_FILES = (
@@ -35,7 +35,8 @@ def is_export(path: str) -> bool:
 
 
 def io_specs(config, capacity: int, dtype: str, seq: int | None) -> dict:
-    """The inputs and outputs of a step program (None: an open dimension)."""
+    """The inputs and outputs of a step program (None: an open dimension): ``seq`` None is the
+    prefill (the prompt attends over itself), 1 the decode step (over the whole cache)."""
     kv = [None, config.num_key_value_heads, capacity, config.head_dim]
     layers = range(config.num_hidden_layers)
 
@@ -49,7 +50,7 @@ def io_specs(config, capacity: int, dtype: str, seq: int | None) -> dict:
             spec("input_ids", [None, seq], "int64"),
             spec("positions", [None], "int64"),
             spec("start", [1], "int64"),
-            spec("mask", [None, 1, 1, seq, capacity], dtype),
+            spec("mask", [None, 1, 1, seq, capacity if seq == 1 else seq], dtype),
             *caches,
         ],
         "outputs": [spec("logits", [None, config.vocab_size], "float32"), *caches],

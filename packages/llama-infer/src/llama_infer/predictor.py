@@ -89,8 +89,10 @@ class StaticDecoder(SlotDecoder):
             )
         return self.capacity  # the programs' cache dimension is fixed
 
-    def _forward(self, ids, positions, start: int, mask, state: DecodeState) -> np.ndarray:
-        program = self.decode_program if ids.shape[1] == 1 else self.prefill_program
+    def _forward(
+        self, ids, positions, start: int, mask, state: DecodeState, fresh: bool
+    ) -> np.ndarray:
+        program = self.prefill_program if fresh else self.decode_program
         start = paddle.to_tensor([start], dtype="int64")
         outputs = program.run([ids, positions, start, mask, *state.keys, *state.values])
         layers = self.num_layers

@@ -2,9 +2,10 @@
 
 A cache per layer, ``[batch, kv_heads, capacity, head_dim]`` for keys and for values, is allocated
 once per generation and written at each step's slot (no concatenation per step). Slots are the
-columns of the left-padded batch: slot t of every row is written at the same step. The new queries
-attend over the whole cache with an additive mask that hides left padding and slots not yet
-written, so a batch of prompts of different lengths decodes together. Row i, left-padded by
+columns of the left-padded batch: slot t of every row is written at the same step. A step's query
+attends over the whole cache with an additive mask that hides left padding and slots not yet
+written, so a batch of prompts of different lengths decodes together; the prefill attends over the
+prompt's own keys only (the rest of the cache is still empty). Row i, left-padded by
 ``pad[i]``, gives its token in slot t the position ``t - pad[i]``, as Hugging Face derives
 ``position_ids`` from the attention mask.
 
@@ -66,15 +67,15 @@ class SlotDecoder:
         slots = np.arange(slots_total)
         real = slots[None, :] >= pads[:, None]  # [b, capacity]: not padding
         causal = slots[None, :p, None] >= slots[None, None, :]  # [1, p, capacity]: key <= query
-        allowed = real[:, None, :] & causal  # [b, p, capacity]
-        prefill_mask = self._additive(allowed[:, None, None])  # [b, 1, 1, p, capacity]
+        allowed = real[:, None, :p] & causal[:, :, :p]  # [b, p, p]
+        prefill_mask = self._additive(allowed[:, None, None])  # [b, 1, 1, p, p]
         # Later steps: every real slot written so far; the step's own slot is opened as it is written.
         step_mask = self._additive((real & (slots < p)[None, :])[:, None, None, None])
         positions = np.maximum(slots[None, :p] - pads[:, None], 0)
         state = DecodeState(keys, values, step_mask, pads.astype(np.int64), p)
         ids = paddle.to_tensor(input_ids, dtype="int64")
         flat = paddle.to_tensor(positions.reshape(-1).astype(np.int64))
-        logits = self._forward(ids, flat, 0, prefill_mask, state)
+        logits = self._forward(ids, flat, 0, prefill_mask, state, fresh=True)
         return state, logits
 
     def step(self, state: DecodeState, tokens: np.ndarray):
@@ -91,13 +92,16 @@ class SlotDecoder:
         else:
             state.ids.set_value(ids)
             state.positions.set_value(positions)
-        logits = self._forward(state.ids, state.positions, slot, state.mask, state)
+        logits = self._forward(state.ids, state.positions, slot, state.mask, state, fresh=False)
         state.next_slot = slot + 1
         return logits
 
-    def _forward(self, ids, positions, start: int, mask, state: DecodeState) -> np.ndarray:
+    def _forward(
+        self, ids, positions, start: int, mask, state: DecodeState, fresh: bool
+    ) -> np.ndarray:
         """The model over ``ids`` [b, s] at flat ``positions`` [b*s], written to cache slots
-        ``start..start+s`` of ``state``; returns the last slot's logits [b, vocab] float32."""
+        ``start..start+s`` of ``state``; returns the last slot's logits [b, vocab] float32.
+        ``fresh``: the prefill (``start`` 0, ``mask`` [b, 1, 1, s, s]; else [b, 1, 1, s, capacity])."""
         raise NotImplementedError
 
     def _additive(self, allowed: np.ndarray):

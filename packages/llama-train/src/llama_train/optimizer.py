@@ -34,8 +34,9 @@ def build_optimizer(pm: ParallelModel, cfg: RunConfig):
         beta2=cfg.adam_beta2,
         epsilon=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
-        # A compiled program names each parameter "<automatic name>.dist".
-        apply_decay_param_fun=lambda auto_name: auto_name.removesuffix(".dist") in decayed,
+        # Distributed parameters are named "<automatic name>.dist", and a compiled program adds that
+        # suffix to a one-process model's names too.
+        apply_decay_param_fun=lambda name: name in decayed or name.removesuffix(".dist") in decayed,
         parameters=pm.parameters(),
     )
 
