@@ -9,6 +9,10 @@ their timed steps are pooled. Reported: the median step time (and the fastest), 
 batch·seq / median, and the ratio to torch.
 
     python bench_train_step.py [--threads 2] [--steps 10] [--warmup 3] [--rounds 2] [--static] [--mkl-default]
+        [--torch-heap]
+
+``--torch-heap`` adds torch run with the glibc malloc settings llama_model applies to its own
+process (freed memory kept in the heap): what torch would gain from the same allocator policy.
 """
 
 from __future__ import annotations
@@ -105,6 +109,10 @@ def _run_worker(kind, kv, args):
         # set (empty) by the user, so llama_model leaves Paddle's MKL on its default CPU dispatch
         env["MKL_DEBUG_CPU_TYPE"] = ""
         kind = "paddle"
+    if kind == "torch-heap":
+        # glibc's environment twin of the mallopt calls llama_model makes at import (_paddle.py)
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+        kind = "torch"
     cmd = [sys.executable, __file__, "--worker", kind, "--kv", str(kv), "--threads", str(args.threads),
            "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -132,6 +140,11 @@ def main():
         help="also time llama-model with Paddle's MKL left on its default dispatch (slow on AMD)",
     )
     ap.add_argument(
+        "--torch-heap",
+        action="store_true",
+        help="also time torch with glibc malloc keeping freed memory, as llama_model sets for Paddle",
+    )
+    ap.add_argument(
         "--worker", choices=["paddle", "paddle-static", "torch"], help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -151,11 +164,13 @@ def main():
     kinds = ["torch", "paddle"]
     kinds += ["paddle-static"] if args.static else []
     kinds += ["paddle-mkl-default"] if args.mkl_default else []
+    kinds += ["torch-heap"] if args.torch_heap else []
     labels = {
         "torch": "torch eager ({attn})",
         "paddle": "llama-model ({backend})",
         "paddle-static": "llama-model to_static",
         "paddle-mkl-default": "llama-model, MKL default",
+        "torch-heap": "torch eager, malloc kept",
     }
     print(
         f"config T, batch {BATCH} x seq {SEQ}, fp32, fwd+bwd+AdamW, {args.threads} threads; "
@@ -183,7 +198,7 @@ def main():
                 f"{tps:>9.0f} {tps / base:>8.2f}x",
                 flush=True,
             )
-            if kind != "torch":
+            if kind not in ("torch", "torch-heap"):
                 figures.add(
                     f"config T, kv heads {kv}, batch {BATCH} x seq {SEQ}, fwd+bwd+AdamW",
                     "training throughput",

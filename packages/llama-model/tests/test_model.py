@@ -138,3 +138,56 @@ def test_gomp_spin_count_is_zero_only_when_llama_ops_kernels_will_run():
     assert _spin_count_after_import() == ("0" if installed else "None")
     assert _spin_count_after_import(LLAMA_OPS_DISABLE="1") == "None"
     assert _spin_count_after_import(GOMP_SPINCOUNT="300") == "300"  # the user's choice stands
+
+
+def _cpu_settings_after_import(**env) -> list[str]:
+    """(FLAGS_use_stride_kernel, whether malloc was tuned, M_MMAP_MAX's effect) in a fresh process."""
+    import subprocess
+    import sys
+
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_")
+        and k not in ("FLAGS_use_stride_kernel", "LLAMA_MODEL_MALLOC_TUNING")
+    }
+    code = (
+        "import llama_model, paddle; from llama_model import _paddle;"
+        "print(paddle.get_flags(['FLAGS_use_stride_kernel'])['FLAGS_use_stride_kernel'], _paddle.MALLOC_TUNED)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="CPU-build settings")
+def test_cpu_builds_drop_strided_views_and_keep_freed_memory_unless_the_user_chose():
+    assert _cpu_settings_after_import() == ["False", "True"]
+    assert _cpu_settings_after_import(FLAGS_use_stride_kernel="1") == ["True", "True"]
+    assert _cpu_settings_after_import(MALLOC_ARENA_MAX="2") == ["False", "False"]
+    assert _cpu_settings_after_import(LLAMA_MODEL_MALLOC_TUNING="0") == ["False", "False"]
+
+
+def test_the_model_trains_the_same_without_strided_views():
+    """The setting changes how transposes are stored, not the numbers: one step's gradients equal
+    those computed with Paddle's strided views on."""
+    config = preset("tiny")
+    ids = np.random.default_rng(3).integers(0, config.vocab_size, (2, 17))
+    grads = []
+    before = paddle.get_flags(["FLAGS_use_stride_kernel"])
+    for strided in (False, True):
+        paddle.set_flags({"FLAGS_use_stride_kernel": strided})
+        try:
+            model = LlamaForCausalLM(config)
+            model.init_weights(0)
+            loss = causal_lm_loss(
+                model(paddle.to_tensor(ids[:, :-1])), paddle.to_tensor(ids[:, 1:])
+            )
+            loss.backward()
+            grads.append({n: p.grad.numpy() for n, p in model.named_parameters()})
+        finally:
+            paddle.set_flags(before)
+    for name, grad in grads[0].items():
+        np.testing.assert_allclose(grad, grads[1][name], rtol=1e-5, atol=1e-7, err_msg=name)

@@ -103,6 +103,15 @@ def main() -> int:
             (),
             1.5,
         ),
+        (
+            "causal_softmax",
+            "scores [8, 8, 256, 256]",  # config T's attention: batch 8, 8 heads, seq 256
+            lambda m: lambda x: m.causal_softmax(x, 32**-0.5),
+            [(8, 8, 256, 256)],
+            [(8, 8, 256, 256)],
+            (),
+            2.0,
+        ),
     ]
     print(
         f"llama-ops {llama_ops.__version__}, Paddle {paddle.__version__}, backend {llama_ops.backend()}, "

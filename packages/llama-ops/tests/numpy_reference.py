@@ -47,3 +47,15 @@ def swiglu(gate, up):
 def swiglu_grads(gate, up, g):
     s = 1.0 / (1.0 + np.exp(-gate))
     return g * up * (s + gate * s * (1.0 - s)), g * gate * s
+
+
+def causal_softmax(x, scale):
+    """softmax(x * scale + causal mask) on the last axis of [..., s, s]: row i keeps j <= i."""
+    s = x.shape[-1]
+    y = np.where(np.tril(np.ones((s, s), dtype=bool)), x * scale, -np.inf)
+    e = np.exp(y - y.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def causal_softmax_grad(p, g, scale):
+    return scale * p * (g - (p * g).sum(-1, keepdims=True))

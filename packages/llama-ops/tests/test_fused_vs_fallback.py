@@ -88,6 +88,25 @@ def test_swiglu(shape, dtype, rng):
     _compare(lambda m, x: m.swiglu(x), [packed], dtype, (0,), TOL[dtype])
 
 
+CAUSAL_SHAPES = [(1, 1), (2, 3, 5, 5), (2, 4, 67, 67), (1, 2, 300, 300)]  # the last: parallel rows
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", CAUSAL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_causal_softmax(shape, dtype, rng):
+    scores = rng.normal(size=shape) * 6  # peaked rows, so the max subtraction matters
+    _compare(lambda m, x: m.causal_softmax(x, 0.125), [scores], dtype, (0,), TOL[dtype])
+
+
+def test_causal_softmax_refuses_non_square_scores(rng):
+    x = paddle.to_tensor(rng.normal(size=(2, 3, 4)).astype("float32"))
+    with pytest.raises(Exception, match="scores must be"):
+        llama_ops.fused.causal_softmax(x, 0.5)
+    square = paddle.to_tensor(rng.normal(size=(2, 3, 3)).astype("float32"))
+    with pytest.raises(Exception, match="scale must be positive"):
+        llama_ops.fused.causal_softmax(square, -1.0)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_kernels_match_float32_math(dtype, rng):
     """On CPU Paddle lacks half kernels for the fallback's operators, so the reference is the
@@ -106,6 +125,12 @@ def test_half_precision_kernels_match_float32_math(dtype, rng):
     want = llama_ops.fallback.swiglu(
         _t(gate, dtype, False).astype("float32"), _t(up, dtype, False).astype("float32")
     )
+    np.testing.assert_allclose(
+        got.astype("float32").numpy(), want.astype(dtype).astype("float32").numpy(), **tol
+    )
+    scores = rng.normal(size=(2, 9, 9)) * 3
+    got = llama_ops.fused.causal_softmax(_t(scores, dtype, False), 0.5)
+    want = llama_ops.fallback.causal_softmax(_t(scores, dtype, False).astype("float32"), 0.5)
     np.testing.assert_allclose(
         got.astype("float32").numpy(), want.astype(dtype).astype("float32").numpy(), **tol
     )

@@ -5,7 +5,16 @@ import numpy as np
 import paddle
 import pytest
 from conftest import FALLBACK_REQUESTED
-from numpy_reference import rms_norm, rms_norm_grads, rope, rope_grad, swiglu, swiglu_grads
+from numpy_reference import (
+    causal_softmax,
+    causal_softmax_grad,
+    rms_norm,
+    rms_norm_grads,
+    rope,
+    rope_grad,
+    swiglu,
+    swiglu_grads,
+)
 
 import llama_ops
 
@@ -112,3 +121,21 @@ def test_fallback_gradients_match_finite_differences(case, rng):
     for i, a in enumerate(analytic):
         got = np.zeros(shapes[i]) if a is None else a.numpy()
         np.testing.assert_allclose(got, _numeric_grad(scalar, arrays, i), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_causal_softmax_matches_formula(impl, rng):
+    x, g = rng.normal(size=(2, 3, 7, 7)) * 4, rng.normal(size=(2, 3, 7, 7))
+    xt = _t(x)
+    out = impl.causal_softmax(xt, 0.375)  # exact in float32: the kernel's attribute is float32
+    (dx,) = paddle.grad([out], [xt], [_t(g, False)])
+    want = causal_softmax(x, 0.375)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        dx.numpy(), causal_softmax_grad(want, g, 0.375), rtol=1e-10, atol=1e-12
+    )
+    # what causality means: nothing above the diagonal, in the output or the gradient
+    upper = np.triu(np.ones((7, 7), dtype=bool), k=1)
+    # (Paddle's softmax, in the fallback, floors probabilities at exp(-64) ≈ 1.6e-28, not 0)
+    assert np.abs(out.numpy()[..., upper]).max() <= 1e-27
+    assert np.abs(dx.numpy()[..., upper]).max() <= 1e-27

@@ -5,8 +5,10 @@ Contract shared with llama-ops (same numbers within fp32 tolerance):
     rms_norm(x, weight, eps)       x: [..., h], weight: [h]
     apply_rope(q, k, cos, sin)     q: [b, s, nq, d], k: [b, s, nk, d], cos/sin: [s, d] (rotate-half layout)
     swiglu(gate, up)               silu(gate) * up
+    causal_softmax(scores, scale)  softmax(scores * scale + causal mask), scores: [..., s, s]
 
 ``rms_norm``, ``apply_rope`` and ``swiglu`` are the chosen ones; ``plain`` holds the plain-Paddle three.
+``causal_attention`` uses llama-ops' causal softmax on CPU when the installed llama-ops has it.
 """
 
 from __future__ import annotations
@@ -86,11 +88,17 @@ def causal_attention(q, k, v):
     if nk != nq:  # each key/value head serves nq // nk consecutive query heads
         k = k.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
         v = v.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
-    # 1/√d applied to q ([b, nq, s, d]) rather than to the scores ([b, nq, s, s]): fewer elements.
-    scores = paddle.matmul(q * (d**-0.5), k, transpose_y=True)
-    scores = scores + _causal_mask(s, scores.dtype)
-    probs = F.softmax(scores, axis=-1)
+    if _causal_softmax is not None:  # scale, mask and softmax in one pass each way
+        probs = _causal_softmax(paddle.matmul(q, k, transpose_y=True), d**-0.5)
+    else:
+        # 1/√d applied to q ([b, nq, s, d]) rather than to the scores ([b, nq, s, s]): fewer elements.
+        scores = paddle.matmul(q * (d**-0.5), k, transpose_y=True)
+        probs = F.softmax(scores + _causal_mask(s, scores.dtype), axis=-1)
     return paddle.matmul(probs, v).transpose([0, 2, 1, 3])
+
+
+# llama-ops 0.2 and later; an older llama-ops leaves attention to plain Paddle.
+_causal_softmax = getattr(_ops, "causal_softmax", None)
 
 
 _MASKS: dict = {}

@@ -1,4 +1,4 @@
-"""Fused RMSNorm, rotary embedding and SwiGLU for PaddlePaddle.
+"""Fused RMSNorm, rotary embedding, SwiGLU and causal softmax for PaddlePaddle.
 
 Each function runs the compiled kernel (Paddle custom operator, forward and backward) when the
 library is loaded and the inputs suit it, and the identical pure-Paddle composition otherwise (dist
@@ -13,7 +13,16 @@ from llama_ops._dispatch import note, why_fallback
 from llama_ops._library import LIB
 from llama_ops.version import __version__
 
-__all__ = ["__version__", "apply_rope", "backend", "fallback", "fused", "rms_norm", "swiglu"]
+__all__ = [
+    "__version__",
+    "apply_rope",
+    "backend",
+    "causal_softmax",
+    "fallback",
+    "fused",
+    "rms_norm",
+    "swiglu",
+]
 
 
 def backend() -> str:
@@ -62,3 +71,20 @@ def swiglu(gate, up=None):
         return fused.swiglu(gate, up)
     note("swiglu", reason)
     return fallback.swiglu(gate, up)
+
+
+def causal_softmax(scores, scale: float):
+    """softmax(scores * scale + causal mask) on the last axis of attention scores [..., s, s]: row i
+    (a query position) keeps columns j <= i, the rest get probability 0. ``scale`` > 0 (1/√d),
+    passed to the kernel as float32.
+
+    One pass instead of a scaled copy, a mask add and a softmax, and one pass back. CPU only: GPU
+    tensors take the fallback (on GPU, attention belongs to a flash-attention kernel).
+    """
+    reason = why_fallback(scores)
+    if reason is None and not scores.place.is_cpu_place():
+        reason = "causal_softmax has CPU kernels only"
+    if reason is None:
+        return fused.causal_softmax(scores, scale)
+    note("causal_softmax", reason)
+    return fallback.causal_softmax(scores, scale)

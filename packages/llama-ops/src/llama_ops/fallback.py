@@ -67,3 +67,12 @@ def swiglu(gate, up=None):
         out = F.silu(gate.astype(paddle.float32)) * up.astype(paddle.float32)
         return out.astype(gate.dtype)
     return F.silu(gate) * up
+
+
+def causal_softmax(scores, scale: float):
+    """softmax(scores * scale + causal mask) on the last axis of scores [..., s, s]: row i keeps
+    columns j <= i. Computed in float32 for half-precision inputs."""
+    s = scores.shape[-1]
+    x = scores.astype(paddle.float32) if scores.dtype in _HALF else scores
+    mask = paddle.triu(paddle.full([s, s], float("-inf"), dtype=x.dtype), diagonal=1)
+    return F.softmax(x * scale + mask, axis=-1).astype(scores.dtype)

@@ -35,3 +35,8 @@ def swiglu(gate, up=None):
     if up is None:
         return _run("fused_swiglu_packed", gate)[0]
     return _run("fused_swiglu", gate, up)[0]
+
+
+def causal_softmax(scores, scale: float):
+    _require()
+    return _run("fused_causal_softmax", scores, float(scale))[0]
