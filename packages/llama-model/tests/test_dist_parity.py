@@ -119,12 +119,12 @@ def test_layout_matches_single_process(runs, reference, name, nprocs, args):
             assert abs(got.get("grad_norm", 0) - want.get("grad_norm", 0)) <= TOL, (rank, got, want)
     params = _merged(out / "ckpt")
     assert sorted(params) == sorted(ref_params)
-    worst = max(float(np.abs(params[k] - ref_params[k]).max()) for k in ref_params)
+    worst, worst_key = max((float(np.abs(params[k] - ref_params[k]).max()), k) for k in ref_params)
     loss_diff = max(
         abs(g["loss"] - w["loss"]) for records in seen for g, w in zip(records, ref_records)
     )
     print(f"\n{name}: max |loss diff| {loss_diff:.2e}, max |param diff| {worst:.2e}")
-    assert worst <= TOL, worst
+    assert worst <= TOL, (worst, worst_key)
     # the training really moved the weights (the comparison is not of untouched initial values)
     init = _init_params()
     assert max(float(np.abs(ref_params[k] - init[k]).max()) for k in init) > 100 * TOL
@@ -144,7 +144,7 @@ def test_dp2mp2pp2_checkpoint_loads_under_other_layouts(runs, tmp_path, nprocs, 
     saved = runs("dp2mp2pp2", 8, "--strategy", "pp2dp2mp2", "--schedule", "1F1B") / "ckpt"
     out = _run(tmp_path / strategy, nprocs, "--strategy", strategy, "--load", str(saved))
     loaded = np.load(out / "loaded.npz")
-    expected = _merged(saved)
+    expected = {k: v for k, v in _merged(saved).items() if k.startswith("model.")}
     assert sorted(loaded.files) == sorted(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)

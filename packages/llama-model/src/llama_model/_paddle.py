@@ -1,7 +1,7 @@
 """The one place that imports paddle, so a missing install fails with one readable line.
 
 It also sets environment variables before Paddle loads its math libraries, when it safely can, and on
-CPU builds turns off Paddle's strided views and keeps freed memory in the heap (see the end).
+CPU builds keeps freed memory in the heap and offers ``no_strided_views`` (see the end).
 ``GOMP_SPINCOUNT=0`` when llama-ops' kernels will be used (see below), and ``MKL_DEBUG_CPU_TYPE``:
 Paddle's CPU wheel links an old Intel MKL (libmklml) that, on AMD processors, dispatches matrix
 multiplies to a generic SSE code path, 2-3x slower than its AVX2 one. ``MKL_DEBUG_CPU_TYPE=5`` makes
@@ -9,6 +9,7 @@ that MKL use the AVX2 path (newer MKLs ignore the variable). It is set only on a
 only if the user has not set it, and only if paddle is not imported yet (MKL reads it when loaded).
 """
 
+import contextlib
 import os
 import sys
 
@@ -89,13 +90,28 @@ def _keep_freed_memory() -> bool:
 # data contiguous (a reshape, a custom kernel) copies it element by element on one thread: in
 # config T's training step those copies took more time than all the attention's softmaxes. With
 # stride kernels off, transpose writes a contiguous result with its multi-threaded kernel: the step
-# went from 1.33 s to 1.05 s (2 cores). GPU builds keep the views (their strided copies are fast).
-# A user's own FLAGS_use_stride_kernel wins.
-if not paddle.is_compiled_with_cuda():
-    if "FLAGS_use_stride_kernel" not in os.environ:
-        paddle.set_flags({"FLAGS_use_stride_kernel": False})
-    MALLOC_TUNED = _keep_freed_memory()
-else:
-    MALLOC_TUNED = False
+# went from 1.33 s to 1.05 s (2 cores). Only around the model's own compute (``no_strided_views``):
+# Paddle's checkpoint code writes through views, and with the flag off process-wide
+# dist.load_merged_state_dict returned garbage for replicated tensors. GPU builds keep the views
+# (their strided copies are fast); a user's own FLAGS_use_stride_kernel wins.
+_STRIDE_FLAG = "FLAGS_use_stride_kernel"
+_DROP_STRIDED_VIEWS = _STRIDE_FLAG not in os.environ and not paddle.is_compiled_with_cuda()
 
-__all__ = ["paddle"]
+
+@contextlib.contextmanager
+def no_strided_views():
+    """Within the block, ops write contiguous results instead of strided views (CPU builds)."""
+    if not _DROP_STRIDED_VIEWS:
+        yield
+        return
+    before = paddle.get_flags([_STRIDE_FLAG])
+    paddle.set_flags({_STRIDE_FLAG: False})
+    try:
+        yield
+    finally:
+        paddle.set_flags(before)
+
+
+MALLOC_TUNED = False if paddle.is_compiled_with_cuda() else _keep_freed_memory()
+
+__all__ = ["no_strided_views", "paddle"]

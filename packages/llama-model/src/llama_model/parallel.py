@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llama_model import gloo_compat, plan
-from llama_model._paddle import paddle
+from llama_model._paddle import no_strided_views, paddle
 from llama_model.config import LlamaConfig
 from llama_model.errors import LlamaModelError
 from llama_model.loss import IGNORE_INDEX, ScaledTokenLoss, count_valid_tokens, token_loss_sum
@@ -227,7 +227,7 @@ class ParallelModel:
             )
         self.loss_fn.set_num_valid_tokens(count_valid_tokens(labels))
         self.module.train()
-        with self._autocast():
+        with self._autocast(), no_strided_views():
             if self._schedule is not None:
                 local = self._pipeline_step(input_ids, labels)
             else:
@@ -244,7 +244,7 @@ class ParallelModel:
         micro = self.strategy.micro_batches
         self.module.eval()
         try:
-            with paddle.no_grad(), self._autocast():
+            with paddle.no_grad(), self._autocast(), no_strided_views():
                 if self._schedule is None:
                     local = 0.0
                     for ids, lab in zip(np.split(input_ids, micro), np.split(labels, micro)):
