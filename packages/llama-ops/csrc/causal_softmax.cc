@@ -4,7 +4,8 @@
 // the scores and writes the probabilities: no scaled copy, no mask tensor, no masked sum. Backward,
 // with P the probabilities and G the incoming gradient, for j <= i (0 beyond):
 //   dx_j = scale * P_j * (G_j - sum_k P_k G_k).
-// CPU only: on GPU, llama-model's attention is Paddle's flash attention.
+// A row holding a NaN or infinite score comes out NaN (vexp would otherwise clamp it to a finite
+// value and hide a broken head). CPU only: on GPU, llama-model's attention is flash attention.
 #include <limits>
 
 #include "common.h"
@@ -18,8 +19,16 @@ LLAMA_OPS_CPU_CLONES void causal_softmax_row(const T* __restrict x, T* __restric
   using A = typename Acc<T>::type;
   const A scale = static_cast<A>(scale_f);
   A top = -std::numeric_limits<A>::infinity();
-#pragma omp simd reduction(max : top)
-  for (int64_t j = 0; j < seen; ++j) top = load(x[j]) > top ? load(x[j]) : top;
+  A probe = 0;  // x * 0 is NaN exactly for a NaN or infinite x
+#pragma omp simd reduction(max : top) reduction(+ : probe)
+  for (int64_t j = 0; j < seen; ++j) {
+    top = load(x[j]) > top ? load(x[j]) : top;
+    probe += load(x[j]) * A(0);
+  }
+  if (probe != probe) {  // a non-finite score: the row is NaN, as the composed softmax makes it
+    for (int64_t j = 0; j < n; ++j) out[j] = store<T>(std::numeric_limits<A>::quiet_NaN());
+    return;
+  }
   // scale > 0, so the largest scaled score is scale * top.
   A sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -102,6 +111,17 @@ std::vector<paddle::DataType> CausalSoftmaxInferDtype(const paddle::DataType& x_
   return {x_dtype};
 }
 
+// The grad op does not see the scores, so static graphs need its output shape spelled out.
+std::vector<std::vector<int64_t>> CausalSoftmaxGradInferShape(
+    const std::vector<int64_t>& out_shape, const std::vector<int64_t>& grad_shape) {
+  return {out_shape};
+}
+
+std::vector<paddle::DataType> CausalSoftmaxGradInferDtype(const paddle::DataType& out_dtype,
+                                                          const paddle::DataType& grad_dtype) {
+  return {out_dtype};
+}
+
 }  // namespace llama_ops
 
 PD_BUILD_OP(fused_causal_softmax)
@@ -116,4 +136,6 @@ PD_BUILD_GRAD_OP(fused_causal_softmax)
     .Inputs({"Out", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
     .Attrs({"scale: float"})
-    .SetKernelFn(PD_KERNEL(llama_ops::CausalSoftmaxBackward));
+    .SetKernelFn(PD_KERNEL(llama_ops::CausalSoftmaxBackward))
+    .SetInferShapeFn(PD_INFER_SHAPE(llama_ops::CausalSoftmaxGradInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(llama_ops::CausalSoftmaxGradInferDtype));

@@ -127,7 +127,11 @@ class _Block(paddle.nn.Layer):
         h = llama_ops.rms_norm(x, self.norm, 1e-5)
         q, k, gate_up = paddle.split(self.proj(h), [32, 32, 48], axis=-1)
         q, k = llama_ops.apply_rope(q.reshape([2, 5, 2, 16]), k.reshape([2, 5, 2, 16]), cos, sin)
-        return (q * k).sum() + llama_ops.swiglu(gate_up).sum()
+        scores = paddle.matmul(
+            q.transpose([0, 2, 1, 3]), k.transpose([0, 2, 1, 3]), transpose_y=True
+        )
+        probs = llama_ops.causal_softmax(scores, 0.25)  # [2, 2, 5, 5]
+        return (probs * scores).sum() + llama_ops.swiglu(gate_up).sum()
 
 
 def test_to_static_uses_the_kernels_and_matches_dygraph(rng):
@@ -149,6 +153,7 @@ def test_to_static_uses_the_kernels_and_matches_dygraph(rng):
         "custom_op.fused_rms_norm",
         "custom_op.fused_rope",
         "custom_op.fused_swiglu_packed",
+        "custom_op.fused_causal_softmax",
     }
     if FALLBACK_REQUESTED:
         assert not ops & fused_ops

@@ -100,11 +100,25 @@ def test_causal_softmax(shape, dtype, rng):
 
 def test_causal_softmax_refuses_non_square_scores(rng):
     x = paddle.to_tensor(rng.normal(size=(2, 3, 4)).astype("float32"))
-    with pytest.raises(Exception, match="scores must be"):
-        llama_ops.fused.causal_softmax(x, 0.5)
     square = paddle.to_tensor(rng.normal(size=(2, 3, 3)).astype("float32"))
-    with pytest.raises(Exception, match="scale must be positive"):
-        llama_ops.fused.causal_softmax(square, -1.0)
+    for call in (llama_ops.fused.causal_softmax, llama_ops.causal_softmax):  # kernel and wrapper
+        with pytest.raises(Exception, match="scores must be"):
+            call(x, 0.5)
+        with pytest.raises(Exception, match="scale must be positive"):
+            call(square, -1.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_causal_softmax_rows_with_a_non_finite_score_are_nan(bad, rng):
+    """As in the composed softmax: a broken score must reach the loss, not vanish in a clamp."""
+    x = rng.normal(size=(2, 6, 6)).astype("float32")
+    x[1, 4, 2] = bad  # row 4 sees column 2
+    fused = llama_ops.fused.causal_softmax(paddle.to_tensor(x), 0.5).numpy()
+    fallback = llama_ops.fallback.causal_softmax(paddle.to_tensor(x), 0.5).numpy()
+    assert np.isnan(fused[1, 4]).all() and np.isnan(fallback[1, 4]).all()
+    healthy = np.ones((2, 6), dtype=bool)
+    healthy[1, 4] = False
+    np.testing.assert_allclose(fused[healthy], fallback[healthy], rtol=2e-6, atol=2e-7)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

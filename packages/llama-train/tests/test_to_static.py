@@ -52,7 +52,6 @@ def test_compiled_step_equals_eager_step(eager_and_compiled):
     for step in want:
         assert abs(got[step]["loss"] - want[step]["loss"]) <= 1e-5, step
         assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= 1e-5, step
-        assert got[step]["lr"] == want[step]["lr"]
     want_valid, got_valid = records(eager, "valid"), records(compiled, "valid")
     assert sorted(got_valid) == sorted(want_valid) == [3, 6]
     for step in want_valid:
@@ -62,10 +61,7 @@ def test_compiled_step_equals_eager_step(eager_and_compiled):
     assert sorted(state) == sorted(ref)
     assert any(k.endswith(".moment2") for k in state)
     worst = max(float(np.abs(state[k] - ref[k]).max()) for k in ref)
-    assert worst <= 1e-5, worst
-    # weight decay spares the norm weights in both (they start at 1 and would shrink otherwise)
-    norm = "model.llama.norm.weight"
-    assert abs(float(np.abs(state[norm] - ref[norm]).max())) <= 1e-5
+    assert worst <= 1e-5, worst  # (weight decay on the wrong parameters moves these by ~1e-4)
 
 
 def test_compiled_resume_is_exact(eager_and_compiled, tmp_path):
@@ -101,3 +97,15 @@ def test_checkpoints_move_between_eager_and_compiled(
         assert abs(got[step] - want[step]) <= 1e-5, (step, got[step], want[step])
     config = json.loads((tmp_path / "r" / "run_config.json").read_text())
     assert config["to_static"] == bool(resumed_with)
+
+
+def test_compiled_recompute_equals_eager(eager_and_compiled, tmp_path):
+    """--to-static --recompute (Paddle's recompute pass over the marked blocks) trains to the eager
+    losses and gradient norms."""
+    args, eager, _ = eager_and_compiled
+    train([*args, "--to-static", "--recompute"], tmp_path / "r")
+    want, got = records(eager, "train"), records(tmp_path / "r", "train")
+    assert sorted(got) == list(range(1, 7))
+    for step in got:
+        assert abs(got[step]["loss"] - want[step]["loss"]) <= 1e-5, step
+        assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= 1e-5, step

@@ -88,7 +88,9 @@ def causal_attention(q, k, v):
     if nk != nq:  # each key/value head serves nq // nk consecutive query heads
         k = k.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
         v = v.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
-    if _causal_softmax is not None:  # scale, mask and softmax in one pass each way
+    # scale, mask and softmax in one pass each way (llama-ops' kernels take no dist tensors: those
+    # keep the cached mask and the scaling of q below)
+    if _causal_softmax is not None and not q.is_dist():
         probs = _causal_softmax(paddle.matmul(q, k, transpose_y=True), d**-0.5)
     else:
         # 1/√d applied to q ([b, nq, s, d]) rather than to the scores ([b, nq, s, s]): fewer elements.

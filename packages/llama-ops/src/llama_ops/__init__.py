@@ -8,8 +8,10 @@ which one the package uses and why.
 
 from __future__ import annotations
 
+import numpy as np
+
 from llama_ops import fallback, fused
-from llama_ops._dispatch import note, why_fallback
+from llama_ops._dispatch import note, on_cpu, why_fallback
 from llama_ops._library import LIB
 from llama_ops.version import __version__
 
@@ -75,14 +77,21 @@ def swiglu(gate, up=None):
 
 def causal_softmax(scores, scale: float):
     """softmax(scores * scale + causal mask) on the last axis of attention scores [..., s, s]: row i
-    (a query position) keeps columns j <= i, the rest get probability 0. ``scale`` > 0 (1/√d),
-    passed to the kernel as float32.
+    (a query position) keeps columns j <= i, the rest get probability 0. ``scale`` > 0 (1/√d) is
+    rounded to float32 (the kernel's attribute type) on both paths. A row holding a NaN or an
+    infinite score comes out NaN, so a broken head shows in the loss.
 
     One pass instead of a scaled copy, a mask add and a softmax, and one pass back. CPU only: GPU
     tensors take the fallback (on GPU, attention belongs to a flash-attention kernel).
     """
+    shape = scores.shape
+    if len(shape) < 2 or (shape[-1] >= 0 and shape[-2] >= 0 and shape[-1] != shape[-2]):
+        raise ValueError(f"causal_softmax: scores must be [..., seq, seq], got {list(shape)}")
+    if not scale > 0:
+        raise ValueError(f"causal_softmax: scale must be positive, got {scale}")
+    scale = float(np.float32(scale))
     reason = why_fallback(scores)
-    if reason is None and not scores.place.is_cpu_place():
+    if reason is None and not on_cpu(scores):
         reason = "causal_softmax has CPU kernels only"
     if reason is None:
         return fused.causal_softmax(scores, scale)

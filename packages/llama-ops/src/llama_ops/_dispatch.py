@@ -17,10 +17,18 @@ def _in_pir_graph() -> bool:
     return paddle.framework.in_pir_mode()
 
 
-def _unsupported_place(t) -> str | None:
+def _device(t) -> str:
     # A graph value has no place of its own: it runs on the current device.
-    device = paddle.get_device() if _in_pir_graph() else str(t.place)
-    device = device.lower()
+    return (paddle.get_device() if _in_pir_graph() else str(t.place)).lower()
+
+
+def on_cpu(t) -> bool:
+    device = _device(t)
+    return device.startswith("cpu") or device.startswith("place(cpu")
+
+
+def _unsupported_place(t) -> str | None:
+    device = _device(t)
     if device.startswith("cpu") or device.startswith("place(cpu"):
         return None
     if device.startswith("gpu") or device.startswith("place(gpu"):
