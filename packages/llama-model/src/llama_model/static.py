@@ -210,10 +210,18 @@ class StaticStep:
         beta1_pow_acc, beta2_pow_acc): the names the eager trainer gives them."""
         out = {}
         for key, value in self.model.state_dict(mode="opt").items():
-            match = _ACCUMULATOR.match(key)
-            if match and match["param"] in self._auto_to_full:
-                out[f"{prefix}{self._auto_to_full[match['param']]}.{match['acc']}"] = value
+            name = self._accumulator_name(key)
+            if name is not None:
+                out[prefix + name] = value
         return out
+
+    def _accumulator_name(self, key: str) -> str | None:
+        """``linear_3.w_0.dist_moment1_0`` -> ``<its param's full name>.moment1``; None for the rest
+        of the optimizer's state (the learning rate)."""
+        match = _ACCUMULATOR.match(key)
+        if match is None or match["param"] not in self._auto_to_full:
+            return None
+        return f"{self._auto_to_full[match['param']]}.{match['acc']}"
 
     def set_state_dict(self, params: dict | None = None, optimizer: dict | None = None) -> None:
         """Load parameters (full-model names) and accumulators (``optimizer_state_dict``'s names),
@@ -221,11 +229,8 @@ class StaticStep:
         full_to_auto = {full: auto for auto, full in self._auto_to_full.items()}
         state = dict(params or {})
         if optimizer:
-            auto_names = {}
-            for key in self.model.state_dict(mode="opt"):
-                match = _ACCUMULATOR.match(key)
-                if match and match["param"] in self._auto_to_full:
-                    auto_names[f"{self._auto_to_full[match['param']]}.{match['acc']}"] = key
+            auto_names = {self._accumulator_name(k): k for k in self.model.state_dict(mode="opt")}
+            auto_names.pop(None, None)
             unknown = sorted(set(optimizer) - set(auto_names))
             if unknown:
                 raise LlamaModelError(f"unknown optimizer state {unknown[0]!r}")
