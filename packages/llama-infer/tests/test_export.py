@@ -161,7 +161,7 @@ def test_bad_exports_and_prompts_fail_in_one_line(byte_export, tmp_path):
     # Another export format version: an older export (its programs take other inputs) or a newer one.
     from llama_infer.manifest import FORMAT_VERSION
 
-    for version, writer in ((FORMAT_VERSION - 1, "0.2.0"), (FORMAT_VERSION + 1, "9.0.0")):
+    for version, writer in ((FORMAT_VERSION - 1, "0.3.0"), (FORMAT_VERSION + 1, "9.0.0")):
         other = tmp_path / f"format{version}"
         shutil.copytree(export_dir, other)
         manifest = json.loads((other / "export.json").read_text())

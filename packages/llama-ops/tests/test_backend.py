@@ -117,6 +117,23 @@ def test_dist_tensors_take_the_fallback(caplog, rng):
         assert "llama_ops.apply_rope uses the fallback (dist tensor input)" in caplog.text
 
 
+@pytest.mark.skipif(FALLBACK_REQUESTED, reason="with the library off every reason is the switch")
+def test_eager_dispatch_reasons():
+    """The eager fast path of why_fallback gives the same verdicts as the general one: CPU float
+    tensors and parameters go to the kernels; other dtypes, mixed dtypes and dist tensors do not."""
+    from llama_ops._dispatch import why_fallback
+
+    x = paddle.ones([4, 8], "float32")
+    w = paddle.create_parameter([8], "float32")
+    assert why_fallback(x, w) is None
+    assert why_fallback(x.astype("float64"), w.astype("float64")) is None
+    assert why_fallback(x, w.astype("float64")) == "inputs of different dtypes"
+    assert why_fallback(x.astype("int32")) == "dtype paddle.int32"
+    mesh = dist.ProcessMesh([0], dim_names=["mp"])
+    shard = dist.shard_tensor(paddle.ones([4, 8], "float32"), mesh, [dist.Replicate()])
+    assert why_fallback(x, shard) == "dist tensor input"
+
+
 class _Block(paddle.nn.Layer):
     def __init__(self):
         super().__init__()

@@ -10,7 +10,7 @@
 2. The tiny preset, dp2mp2pp2 (8 processes through the launcher) against one process: tokens/s.
 3. Time from the command to the first logged step, one process and 8 processes.
 
-    python bench_trainer.py [--steps 12] [--warmup 3] [--repeats 2] [--skip-dist]
+    python bench_trainer.py [--steps 12] [--warmup 3] [--repeats 2] [--skip-dist] [--threads 2]
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def worker_trainer(steps: int, warmup: int, data: str, out: str, to_static: bool
     }
 
 
-def _subprocess(kind: str, *args) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+def _subprocess(kind: str, threads: int, *args) -> dict:
+    # Set explicitly: importing paddle sets OMP_NUM_THREADS=1 where it is unset.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     out = subprocess.run(
         [sys.executable, __file__, "--worker", kind, *map(str, args)],
         capture_output=True,
@@ -150,6 +151,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dist-steps", type=int, default=30)
     ap.add_argument("--skip-dist", action="store_true")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="math threads of the one-process workers (part 1)"
+    )
     ap.add_argument("--worker", nargs="+")
     args = ap.parse_args()
     if args.worker:
@@ -167,12 +171,16 @@ def main() -> None:
         data_t = _make_data(root, 8192, 400_000)
         bare, trainer, compiled = [], [], []
         for rep in range(args.repeats):
-            bare.append(_subprocess("bare", args.steps, args.warmup, data_t))
+            bare.append(_subprocess("bare", args.threads, args.steps, args.warmup, data_t))
             trainer.append(
-                _subprocess("trainer", args.steps, args.warmup, data_t, root / f"t{rep}")
+                _subprocess(
+                    "trainer", args.threads, args.steps, args.warmup, data_t, root / f"t{rep}"
+                )
             )
             compiled.append(
-                _subprocess("compiled", args.steps, args.warmup, data_t, root / f"c{rep}")
+                _subprocess(
+                    "compiled", args.threads, args.steps, args.warmup, data_t, root / f"c{rep}"
+                )
             )
         b = statistics.median(r["step_s"] for r in bare)
         t = statistics.median(r["step_s"] for r in trainer)
@@ -180,7 +188,7 @@ def main() -> None:
         w = statistics.median(r["wall_step_s"] for r in trainer)
         tokens = T_BATCH * T_SEQ
         print(
-            f"\nConfig T, one process, fp32, {args.steps} timed steps after {args.warmup}, median of {args.repeats} runs each"
+            f"\nConfig T, one process, fp32, {args.threads} threads, {args.steps} timed steps after {args.warmup}, median of {args.repeats} runs each"
         )
         print(f"{'':44s} {'step (ms)':>10s} {'tokens/s':>10s} {'vs bare':>8s}")
         print(f"{'bare ParallelModel step':44s} {b * 1e3:10.1f} {tokens / b:10.0f} {1.0:8.3f}")

@@ -5,7 +5,7 @@ key/value cache as explicit inputs and outputs of a fixed capacity (slots), so a
 state between calls:
 
     inputs   input_ids [b, s] int64, positions [b*s] int64, start [1] int64,
-             mask [b, 1, 1, s, s] (prefill) or [b, 1, 1, 1, capacity] (decode),
+             mask [b, 1, 1, s, s] (prefill) or [b, kv_heads, group, capacity] (decode),
              key_cache_0..L-1, value_cache_0..L-1 [b, kv_heads, capacity, d]
     outputs  logits [b, vocab] float32, then the updated key caches and value caches, same order
 
@@ -26,7 +26,7 @@ import shutil
 import warnings
 
 from llama_infer._paddle import paddle
-from llama_infer.decoding import decode_forward
+from llama_infer.decoding import DecodeWeights, decode_forward
 from llama_infer.errors import InferError
 from llama_infer.manifest import (
     FORMAT,
@@ -60,7 +60,7 @@ class _Steps(paddle.nn.Layer):
 
     def _step(self, input_ids, positions, start, mask, key_caches, value_caches, fresh):
         logits, keys, values = decode_forward(
-            self.model, kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
+            DecodeWeights(self.model, detach=False), kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
             mask, key_caches, value_caches, fresh=fresh,
         )  # fmt: skip
         return [logits, *keys, *values]

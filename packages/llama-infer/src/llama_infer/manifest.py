@@ -19,7 +19,9 @@ import os
 from llama_infer.errors import InferError
 
 FORMAT = "llama-infer-export"
-FORMAT_VERSION = 2  # 2: the prefill program attends over the prompt only (mask [b,1,1,s,s])
+# 2: the prefill program attends over the prompt only (mask [b,1,1,s,s]);
+# 3: the decode step's mask has the scores' shape [b, kv_heads, group, capacity]
+FORMAT_VERSION = 3
 MANIFEST = "export.json"
 PROGRAMS = ("prefill", "decode")
 TOKENIZER_FILES = (
@@ -50,11 +52,19 @@ def io_specs(config, capacity: int, dtype: str, seq: int | None) -> dict:
             spec("input_ids", [None, seq], "int64"),
             spec("positions", [None], "int64"),
             spec("start", [1], "int64"),
-            spec("mask", [None, 1, 1, seq, capacity if seq == 1 else seq], dtype),
+            spec("mask", _mask_shape(config, capacity, seq), dtype),
             *caches,
         ],
         "outputs": [spec("logits", [None, config.vocab_size], "float32"), *caches],
     }
+
+
+def _mask_shape(config, capacity: int, seq: int | None) -> list:
+    """The prefill's [b, 1, 1, s, s]; the decode step's [b, kv_heads, group, capacity] (slots.py)."""
+    if seq is None:
+        return [None, 1, 1, None, None]
+    group = config.num_attention_heads // config.num_key_value_heads
+    return [None, config.num_key_value_heads, group * seq, capacity]
 
 
 def read_manifest(directory: str) -> dict:

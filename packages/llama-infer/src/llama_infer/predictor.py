@@ -69,8 +69,10 @@ class StaticDecoder(SlotDecoder):
         self.capacity = int(manifest["capacity"])
         self.num_layers = int(manifest["num_layers"])
         programs = manifest["programs"]
-        kv_shape = programs["decode"]["inputs"][4]["shape"]  # [b, kv_heads, capacity, head_dim]
+        inputs = programs["decode"]["inputs"]
+        kv_shape = inputs[4]["shape"]  # [b, kv_heads, capacity, head_dim]
         self.num_kv_heads, self.head_dim = int(kv_shape[1]), int(kv_shape[3])
+        self.group = int(inputs[3]["shape"][2])  # the mask: [b, kv_heads, group, capacity]
         self.dtype = getattr(paddle, manifest["dtype"])
         if self.dtype != paddle.float32 and not paddle.is_compiled_with_cuda():
             raise InferError(

@@ -5,7 +5,9 @@ once per generation and written at each step's slot (no concatenation per step).
 columns of the left-padded batch: slot t of every row is written at the same step. A step's query
 attends over the whole cache with an additive mask that hides left padding and slots not yet
 written, so a batch of prompts of different lengths decodes together; the prefill attends over the
-prompt's own keys only (the rest of the cache is still empty). Row i, left-padded by
+prompt's own keys only (the rest of the cache is still empty). The step's mask has the attention
+scores' own shape, ``[b, kv_heads, group, capacity]`` (the same row for every head), because
+Paddle's CPU add is 20-40x slower when it broadcasts; it is updated in place, one slot per step. Row i, left-padded by
 ``pad[i]``, gives its token in slot t the position ``t - pad[i]``, as Hugging Face derives
 ``position_ids`` from the attention mask.
 
@@ -27,7 +29,7 @@ class DecodeState:
     def __init__(self, keys, values, mask, pads: np.ndarray, next_slot: int):
         self.keys = keys  # per layer [b, kv_heads, capacity, head_dim]
         self.values = values
-        self.mask = mask  # [b, 1, 1, 1, capacity] additive: 0 where a key may be attended
+        self.mask = mask  # [b, kv_heads, group, capacity] additive: 0 where a key may be attended
         self.pads = pads  # [b] left padding of each row
         self.next_slot = next_slot
         self.ids = None  # [b, 1] and [b] int64 tensors refilled at each step
@@ -43,6 +45,7 @@ class SlotDecoder:
 
     num_layers: int
     num_kv_heads: int
+    group: int  # query heads per key/value head
     head_dim: int
     dtype: object  # the paddle dtype of activations and caches
 
@@ -70,7 +73,10 @@ class SlotDecoder:
         allowed = real[:, None, :p] & causal[:, :, :p]  # [b, p, p]
         prefill_mask = self._additive(allowed[:, None, None])  # [b, 1, 1, p, p]
         # Later steps: every real slot written so far; the step's own slot is opened as it is written.
-        step_mask = self._additive((real & (slots < p)[None, :])[:, None, None, None])
+        written = (real & (slots < p)[None, :])[:, None, None, :]
+        step_mask = self._additive(
+            np.broadcast_to(written, (b, self.num_kv_heads, self.group, slots_total))
+        )
         positions = np.maximum(slots[None, :p] - pads[:, None], 0)
         state = DecodeState(keys, values, step_mask, pads.astype(np.int64), p)
         ids = paddle.to_tensor(input_ids, dtype="int64")
@@ -83,7 +89,7 @@ class SlotDecoder:
         slot = state.next_slot
         if slot >= state.max_len:
             raise ValueError(f"the cache of {state.max_len} slots is full")
-        state.mask[:, :, :, :, slot] = 0.0
+        state.mask[:, :, :, slot] = 0.0
         ids = tokens.reshape(-1, 1).astype(np.int64, copy=False)
         positions = (slot - state.pads).astype(np.int64)
         # One token per row: refill tensors kept for that, cheaper than new tensors per step.
@@ -101,7 +107,8 @@ class SlotDecoder:
     ) -> np.ndarray:
         """The model over ``ids`` [b, s] at flat ``positions`` [b*s], written to cache slots
         ``start..start+s`` of ``state``; returns the last slot's logits [b, vocab] float32.
-        ``fresh``: the prefill (``start`` 0, ``mask`` [b, 1, 1, s, s]; else [b, 1, 1, s, capacity])."""
+        ``fresh``: the prefill (``start`` 0, ``mask`` [b, 1, 1, s, s]); else one step (s = 1,
+        ``mask`` [b, kv_heads, group, capacity])."""
         raise NotImplementedError
 
     def _additive(self, allowed: np.ndarray):

@@ -37,21 +37,32 @@ def _unsupported_place(t) -> str | None:
 
 
 def why_fallback(*tensors) -> str | None:
-    """The reason these inputs go to the fallback, or None when the fused kernels take them."""
+    """The reason these inputs go to the fallback, or None when the fused kernels take them.
+
+    It runs before every kernel call, so the common case (eager CPU tensors) reads each property
+    once and asks the place in C++ (``is_cpu_place()``, not ``str(place)``): a decode step calls the
+    kernels tens of times on a few kilobytes each, where slower checks cost more than the kernels.
+    """
     if not LIB.loaded:
         return LIB.reason
-    if not paddle.in_dynamic_mode() and not _in_pir_graph():
+    eager = paddle.in_dynamic_mode()
+    if not eager and not _in_pir_graph():
         return "legacy (non-PIR) static graph"
     # Custom operators declare no SPMD rule, so dist tensors (dygraph or dist.to_static) would be
     # treated as local ones; Paddle's own operators know how to propagate their placements.
-    if any(t.is_dist() for t in tensors):
-        return "dist tensor input"
-    dtype = tensors[0].dtype
+    for t in tensors:
+        if t.is_dist():
+            return "dist tensor input"
+    first = tensors[0]
+    dtype = first.dtype
     if dtype not in _KERNEL_DTYPES:
         return f"dtype {dtype}"
-    if any(t.dtype != dtype for t in tensors[1:]):
-        return "inputs of different dtypes"
-    return _unsupported_place(tensors[0])
+    for t in tensors[1:]:
+        if t.dtype != dtype:
+            return "inputs of different dtypes"
+    if eager and first.place.is_cpu_place():
+        return None
+    return _unsupported_place(first)
 
 
 def note(op: str, reason: str) -> None:
