@@ -125,9 +125,8 @@ def _attention(w, layer, ops, h, cos, sin, start, mask, keys, values, b, s, fres
     """Self-attention of the new tokens ``h`` [b*s, hidden]; returns ([b*s, hidden], keys, values)."""
     nq, nk, d = w.num_heads, w.num_kv_heads, w.head_dim
     g = nq // nk
-    if isinstance(
-        s, int
-    ):  # with s known, -1 stands for the batch: no shape arithmetic in a program
+    # With s known, -1 stands for the batch: no shape arithmetic in a program.
+    if isinstance(s, int):
         b = -1
     # The kernel's rotary takes one table row per sequence slot; flattening (batch, seq) into the
     # sequence axis gives every token of every row its own position.

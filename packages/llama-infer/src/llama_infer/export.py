@@ -59,8 +59,9 @@ class _Steps(paddle.nn.Layer):
         return self._step(input_ids, positions, start, mask, key_caches, value_caches, fresh=False)
 
     def _step(self, input_ids, positions, start, mask, key_caches, value_caches, fresh):
+        weights = DecodeWeights(self.model, detach=False)  # the parameters, for the program
         logits, keys, values = decode_forward(
-            DecodeWeights(self.model, detach=False), kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
+            weights, kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
             mask, key_caches, value_caches, fresh=fresh,
         )  # fmt: skip
         return [logits, *keys, *values]

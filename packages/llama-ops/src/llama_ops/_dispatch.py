@@ -36,6 +36,9 @@ def _unsupported_place(t) -> str | None:
     return f"no kernels for {device}"
 
 
+# Host-side logic: dynamic-to-static must call it as Python, not rewrite its loops into graph
+# control flow (it did, and broke on the rewritten loop variable).
+@paddle.jit.not_to_static
 def why_fallback(*tensors) -> str | None:
     """The reason these inputs go to the fallback, or None when the fused kernels take them.
 
