@@ -43,7 +43,7 @@ def test_cached_logits_equal_recomputation(kv_heads, lengths):
     assert state.next_slot == width + steps  # every slot of the cache used
 
 
-def test_cache_is_allocated_once_and_written_in_place():
+def test_prefill_makes_the_cache_and_steps_write_it_in_place():
     model = random_model(tiny_config(num_key_value_heads=2), seed=3)
     decoder = CachedDecoder(model)
     state, logits = decoder.prefill(np.array([[5, 6, 7]]), np.array([0]), 8)

@@ -47,16 +47,18 @@ def _batch(prompts):
 @pytest.mark.parametrize("name", ["mha", "gqa"])
 def test_static_steps_give_dygraph_logits(exports, name):
     model, _, export_dir = exports[name]
-    batch, pads = _batch(padded_prompts(7, (4, 11, 1)))
-    dygraph, static = CachedDecoder(model), StaticDecoder(export_dir, threads=1)
-    d_state, d_logits = dygraph.prefill(batch, pads, 20)
-    s_state, s_logits = static.prefill(batch, pads, 20)
-    assert tuple(s_state.keys[0].shape)[2] == CAPACITY  # the exported, fixed capacity
-    rng = np.random.default_rng(1)
-    for _ in range(6):  # prefill, then decode steps fed the same (random) tokens
-        np.testing.assert_allclose(s_logits, d_logits, rtol=1e-4, atol=1e-5)
-        tokens = rng.integers(0, 256, len(batch))
-        d_logits, s_logits = dygraph.step(d_state, tokens), static.step(s_state, tokens)
+    # padded, and unpadded (dygraph's prefill then takes the causal path, the export the masked one)
+    for lengths in ((4, 11, 1), (9, 9)):
+        batch, pads = _batch(padded_prompts(7, lengths))
+        dygraph, static = CachedDecoder(model), StaticDecoder(export_dir, threads=1)
+        d_state, d_logits = dygraph.prefill(batch, pads, 20)
+        s_state, s_logits = static.prefill(batch, pads, 20)
+        assert tuple(s_state.keys[0].shape)[2] == CAPACITY  # the exported, fixed capacity
+        rng = np.random.default_rng(1)
+        for _ in range(6):  # prefill, then decode steps fed the same (random) tokens
+            np.testing.assert_allclose(s_logits, d_logits, rtol=1e-4, atol=1e-5)
+            tokens = rng.integers(0, 256, len(batch))
+            d_logits, s_logits = dygraph.step(d_state, tokens), static.step(s_state, tokens)
 
 
 @pytest.mark.parametrize("name", ["mha", "gqa"])
@@ -101,6 +103,9 @@ def test_manifest_names_the_programs_inputs_and_outputs(exports):
     assert kv == [None, 2, CAPACITY, 16]  # [batch (open), kv heads, capacity, head_dim]
     assert manifest["programs"]["decode"]["inputs"][0]["shape"] == [None, 1]
     assert manifest["programs"]["prefill"]["inputs"][0]["shape"] == [None, None]
+    # format 3: the step's mask has the scores' shape [b, kv heads, group, capacity]
+    assert manifest["programs"]["decode"]["inputs"][3]["shape"] == [None, 2, 2, CAPACITY]
+    assert manifest["programs"]["prefill"]["inputs"][3]["shape"] == [None, 1, 1, None, None]
 
 
 # Run in a fresh interpreter where importing llama-model (or llama-ops) fails: serving an export

@@ -152,7 +152,10 @@ def main() -> None:
     ap.add_argument("--dist-steps", type=int, default=30)
     ap.add_argument("--skip-dist", action="store_true")
     ap.add_argument(
-        "--threads", type=int, default=2, help="math threads of the one-process workers (part 1)"
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS", 2)),
+        help="math threads of the one-process workers (part 1); default OMP_NUM_THREADS, else 2",
     )
     ap.add_argument("--worker", nargs="+")
     args = ap.parse_args()

@@ -70,8 +70,9 @@ def decode_forward(
 
     ``positions`` [b*s]: each token's rotary position; ``start``: the cache slot of the first new
     token (an int, or an int64 tensor [1] in a compiled program); ``keys``/``values``: per layer
-    [b, kv_heads, capacity, head_dim], written at slots ``start..start+s`` and returned (a step
-    writes in place in dygraph; a prefill and a compiled program make new caches).
+    [b, kv_heads, capacity, head_dim], written at slots ``start..start+s``: a step writes in place
+    in dygraph; a prefill and a compiled program make new caches, which replace the old ones in the
+    lists as each layer is done (the lists are returned too).
     ``fresh``: the new tokens are the first in the cache (a prefill, ``start`` 0), so they attend
     over their own keys only and ``mask`` is [b, 1, 1, s, s], or None when no row is padded (plain
     causal attention through ``ops.causal_attention``: llama-model's kernel, which on CPU takes
@@ -91,14 +92,11 @@ def decode_forward(
     if fresh and mask is not None:  # [b, 1, 1, s, s] -> the scores' [b, kv_heads, group, s, s]
         # once for all layers: Paddle's CPU add broadcasting middle axes is 20-40x slower
         mask = mask.expand([-1, w.num_kv_heads, w.num_heads // w.num_kv_heads, -1, -1])
-    new_keys, new_values = [], []
     for i, layer in enumerate(w.layers):
         h = ops.rms_norm(x, layer.attn_norm, eps)
-        out, k, v = _attention(
+        out, keys[i], values[i] = _attention(
             w, layer, ops, h, cos, sin, start, mask, keys[i], values[i], b, s, fresh
-        )
-        new_keys.append(k)
-        new_values.append(v)
+        )  # a prefill's new cache replaces the empty one at once: one layer's extra at the peak
         x = x + out
         h = ops.rms_norm(x, layer.mlp_norm, eps)
         gate, up = paddle.matmul(h, layer.gate), paddle.matmul(h, layer.up)
@@ -112,7 +110,7 @@ def decode_forward(
         logits = paddle.matmul(x, w.head)
     if logits.dtype != paddle.float32:
         logits = logits.astype("float32")
-    return logits, new_keys, new_values
+    return logits, keys, values
 
 
 def _size(x, axis: int):
@@ -201,6 +199,7 @@ class CachedDecoder(SlotDecoder):
         self.group = config.num_attention_heads // config.num_key_value_heads
         self.head_dim = config.head_dim
         self.dtype = model.llama.embed_tokens.weight.dtype
+        self.on_cpu = model.llama.embed_tokens.weight.place.is_cpu_place()
         rotary = model.llama.rotary_emb
         self.cos = rotary.cos.astype(self.dtype)
         self.sin = rotary.sin.astype(self.dtype)
@@ -223,11 +222,14 @@ class CachedDecoder(SlotDecoder):
             )  # fmt: skip
             return logits.numpy()
         # The prefill's transposes write contiguous copies (see llama-model's no_strided_views:
-        # Paddle's CPU views cost an element-wise copy at the next reshape); a batch without padding
-        # needs no mask.
+        # Paddle's CPU views cost an element-wise copy at the next reshape). On CPU a batch without
+        # padding needs no mask: llama-model's causal attention, with llama-ops' causal softmax.
+        # (On GPU that would be Paddle's flash attention, untried here with float32: the masked
+        # path stays.)
+        causal = self.on_cpu and not state.pads.any()
         with kernels.no_strided_views():
-            logits, state.keys, state.values = decode_forward(
+            logits, _, _ = decode_forward(
                 self.weights, kernels, self.cos, self.sin, ids, positions, start,
-                mask if state.pads.any() else None, state.keys, state.values, fresh=True,
+                None if causal else mask, state.keys, state.values, fresh=True,
             )  # fmt: skip
         return logits.numpy()

@@ -10,7 +10,8 @@ Contract shared with llama-ops (same numbers within fp32 tolerance):
 ``rms_norm``, ``apply_rope`` and ``swiglu`` are the chosen ones; ``plain`` holds the plain-Paddle three.
 ``causal_attention`` uses llama-ops' causal softmax on CPU when the installed llama-ops has it.
 ``no_strided_views()`` is the context the model's compute runs in on CPU (see _paddle.py), for
-callers that drive the primitives themselves (llama-infer's decoder).
+callers that drive the primitives themselves (llama-infer's decoder). It sets a process-wide Paddle
+flag for the duration of the block: threads running Paddle ops concurrently see it too.
 """
 
 from __future__ import annotations
@@ -53,11 +54,16 @@ def _apply_rope(q, k, cos, sin):
     return _rotate(q, cos, sin, half), _rotate(k, cos, sin, half)
 
 
+_EXPAND_ROPE_TABLES = not paddle.is_compiled_with_cuda()
+
+
 def _rotate(x, cos, sin, half: int):
-    if not x.is_dist():
+    if _EXPAND_ROPE_TABLES and not x.is_dist():
         # Paddle's CPU multiply broadcasts over a middle axis (the heads) 20-40x slower than it
         # multiplies equal shapes: [1, 256, 8, 32] * [1, 256, 1, 32] takes 0.85 ms, the expand
-        # and the multiply 0.04 ms. Dist tensors keep the broadcast, which their placements know.
+        # and the multiply 0.04 ms. The cost: in training the expanded tables are kept for the
+        # backward (two q- and two k-sized tensors per layer). CPU builds only; dist tensors keep
+        # the broadcast, which their placements know.
         cos, sin = paddle.expand_as(cos, x), paddle.expand_as(sin, x)
     return x * cos + paddle.roll(x, half, axis=-1) * sin
 
