@@ -14,6 +14,18 @@ OPTS = [*TINY, *STEPS, "--clip-grad", "0.5", "--weight-decay", "0.1", "--eval-ev
         "--eval-iters", "2"]  # fmt: skip
 
 
+def _weight_tolerance() -> float:
+    """With llama-ops installed the eager step runs its fused kernels while the compiled step's dist
+    tensors take their fallback: after 6 steps the weights differ by up to 1.6e-5 (measured) instead
+    of a few 1e-7."""
+    from llama_model import kernel_backend
+
+    return 1e-5 if kernel_backend() == "paddle" else 3e-5
+
+
+WEIGHT_TOLERANCE = _weight_tolerance()
+
+
 def records(output, split):
     from llama_train import read_metrics
 
@@ -61,7 +73,9 @@ def test_compiled_step_equals_eager_step(eager_and_compiled):
     assert sorted(state) == sorted(ref)
     assert any(k.endswith(".moment2") for k in state)
     worst = max(float(np.abs(state[k] - ref[k]).max()) for k in ref)
-    assert worst <= 1e-5, worst  # (weight decay on the wrong parameters moves these by ~1e-4)
+    assert worst <= WEIGHT_TOLERANCE, (
+        worst
+    )  # (weight decay on the wrong parameters moves these by ~1e-4)
 
 
 def test_compiled_resume_is_exact(eager_and_compiled, tmp_path):
