@@ -13,6 +13,7 @@ so each group multiplies its own key/value head.
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -41,6 +42,7 @@ class DecodeWeights:
         llama = model.llama
         self.hidden = config.hidden_size
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.group = self.num_heads // self.num_kv_heads  # query heads per key/value head
         self.head_dim = config.head_dim
         self.eps = config.rms_norm_eps
         self.embed = take(llama.embed_tokens.weight)
@@ -91,7 +93,7 @@ def decode_forward(
     sin = paddle.gather(sin, positions)
     if fresh and mask is not None:  # [b, 1, 1, s, s] -> the scores' [b, kv_heads, group, s, s]
         # once for all layers: Paddle's CPU add broadcasting middle axes is 20-40x slower
-        mask = mask.expand([-1, w.num_kv_heads, w.num_heads // w.num_kv_heads, -1, -1])
+        mask = mask.expand([-1, w.num_kv_heads, w.group, -1, -1])
     for i, layer in enumerate(w.layers):
         h = ops.rms_norm(x, layer.attn_norm, eps)
         out, keys[i], values[i] = _attention(
@@ -121,8 +123,7 @@ def _size(x, axis: int):
 
 def _attention(w, layer, ops, h, cos, sin, start, mask, keys, values, b, s, fresh):
     """Self-attention of the new tokens ``h`` [b*s, hidden]; returns ([b*s, hidden], keys, values)."""
-    nq, nk, d = w.num_heads, w.num_kv_heads, w.head_dim
-    g = nq // nk
+    nq, nk, g, d = w.num_heads, w.num_kv_heads, w.group, w.head_dim
     # With s known, -1 stands for the batch: no shape arithmetic in a program.
     if isinstance(s, int):
         b = -1
@@ -132,15 +133,13 @@ def _attention(w, layer, ops, h, cos, sin, start, mask, keys, values, b, s, fres
     k = paddle.matmul(h, layer.k).reshape([1, -1, nk, d])
     q, k = ops.apply_rope(q, k, cos, sin)
     v = paddle.matmul(h, layer.v)
+    k_heads, v_heads = _heads_first(k, b, s, nk, d), _heads_first(v, b, s, nk, d)
+    keys, values = _write(keys, k_heads, start, s, fresh), _write(values, v_heads, start, s, fresh)
     if fresh and mask is None:  # a prefill without padding: the model's own causal attention
         out = ops.causal_attention(
             q.reshape([b, s, nq, d]), k.reshape([b, s, nk, d]), v.reshape([b, s, nk, d])
         ).reshape([-1, nq * d])
-        k, v = _heads_first(k, b, s, nk, d), _heads_first(v, b, s, nk, d)
-        keys, values = _write(keys, k, start, s, fresh), _write(values, v, start, s, fresh)
         return paddle.matmul(out, layer.o), keys, values
-    k, v = _heads_first(k, b, s, nk, d), _heads_first(v, b, s, nk, d)
-    keys, values = _write(keys, k, start, s, fresh), _write(values, v, start, s, fresh)
     # [b, nq, s, d] -> [b, nk, g*s, d]: query head j uses key/value head j // g.
     gs = g * s if isinstance(s, int) else -1
     if _one(s):  # [1, b, nq, d] holds [b, nk, g, d] already
@@ -148,10 +147,10 @@ def _attention(w, layer, ops, h, cos, sin, start, mask, keys, values, b, s, fres
     else:
         q = _heads_first(q, b, s, nq, d).reshape([b, nk, gs, d])
     if fresh:  # a prefill attends over its own keys: the rest of the cache is empty
-        scores = paddle.matmul(q, k, transpose_y=True) * (d**-0.5)  # [b, nk, g*s, s]
+        scores = paddle.matmul(q, k_heads, transpose_y=True) * (d**-0.5)  # [b, nk, g*s, s]
         scores = scores.reshape([b, nk, g, s, s]) + mask
         probs = F.softmax(scores, axis=-1).reshape([b, nk, gs, s])
-        out = paddle.matmul(probs, v)  # [b, nk, g*s, d]
+        out = paddle.matmul(probs, v_heads)  # [b, nk, g*s, d]
     else:
         scores = paddle.matmul(q, keys, transpose_y=True)  # [b, nk, g*s, capacity]
         probs = F.softmax(scores * (d**-0.5) + mask, axis=-1)
@@ -192,12 +191,9 @@ class CachedDecoder(SlotDecoder):
         if not (model.first and model.last):
             raise ValueError("CachedDecoder needs the whole model, not a pipeline stage")
         self.model = model
-        self.weights = DecodeWeights(model, detach=True)
-        config = model.config
-        self.num_layers = config.num_hidden_layers
-        self.num_kv_heads = config.num_key_value_heads
-        self.group = config.num_attention_heads // config.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.weights = w = DecodeWeights(model, detach=True)
+        self.num_layers = len(w.layers)
+        self.num_kv_heads, self.group, self.head_dim = w.num_kv_heads, w.group, w.head_dim
         self.dtype = model.llama.embed_tokens.weight.dtype
         self.on_cpu = model.llama.embed_tokens.weight.place.is_cpu_place()
         rotary = model.llama.rotary_emb
@@ -215,21 +211,16 @@ class CachedDecoder(SlotDecoder):
     def _forward(
         self, ids, positions, start: int, mask, state: DecodeState, fresh: bool
     ) -> np.ndarray:
-        if not fresh:
+        # The prefill's transposes write contiguous copies (see llama-model's no_strided_views:
+        # Paddle's CPU views cost an element-wise copy at the next reshape); a step has none. On CPU
+        # a prefill without padding needs no mask: llama-model's causal attention, with llama-ops'
+        # causal softmax. (On GPU that would be Paddle's flash attention, untried here with
+        # float32: the masked path stays.)
+        if fresh and self.on_cpu and not state.pads.any():
+            mask = None
+        with kernels.no_strided_views() if fresh else contextlib.nullcontext():
             logits, _, _ = decode_forward(
                 self.weights, kernels, self.cos, self.sin, ids, positions, start, mask,
-                state.keys, state.values,
-            )  # fmt: skip
-            return logits.numpy()
-        # The prefill's transposes write contiguous copies (see llama-model's no_strided_views:
-        # Paddle's CPU views cost an element-wise copy at the next reshape). On CPU a batch without
-        # padding needs no mask: llama-model's causal attention, with llama-ops' causal softmax.
-        # (On GPU that would be Paddle's flash attention, untried here with float32: the masked
-        # path stays.)
-        causal = self.on_cpu and not state.pads.any()
-        with kernels.no_strided_views():
-            logits, _, _ = decode_forward(
-                self.weights, kernels, self.cos, self.sin, ids, positions, start,
-                None if causal else mask, state.keys, state.values, fresh=True,
+                state.keys, state.values, fresh=fresh,
             )  # fmt: skip
         return logits.numpy()

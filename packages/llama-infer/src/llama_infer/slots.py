@@ -1,15 +1,16 @@
 """The host side of KV-cache decoding, shared by the dygraph decoder and the exported programs.
 
 A cache per layer, ``[batch, kv_heads, capacity, head_dim]`` for keys and for values, is allocated
-once per generation and written at each step's slot (no concatenation per step). Slots are the
-columns of the left-padded batch: slot t of every row is written at the same step. A step's query
-attends over the whole cache with an additive mask that hides left padding and slots not yet
-written, so a batch of prompts of different lengths decodes together; the prefill attends over the
-prompt's own keys only (the rest of the cache is still empty). The step's mask has the attention
-scores' own shape, ``[b, kv_heads, group, capacity]`` (the same row for every head), because
-Paddle's CPU add is 20-40x slower when it broadcasts; it is updated in place, one slot per step. Row i, left-padded by
-``pad[i]``, gives its token in slot t the position ``t - pad[i]``, as Hugging Face derives
-``position_ids`` from the attention mask.
+once per generation (the prefill may hand back a filled copy in its place) and written at each
+step's slot (no concatenation per step). Slots are the columns of the left-padded batch: slot t of
+every row is written at the same step. A step's query attends over the whole cache with an additive
+mask that hides left padding and slots not yet written, so a batch of prompts of different lengths
+decodes together; the prefill attends over the prompt's own keys only (the rest of the cache is
+still empty). The step's mask has the attention scores' own shape, ``[b, kv_heads, group,
+capacity]`` (the same row for every head), because Paddle's CPU add is 20-40x slower when it
+broadcasts; it is updated in place, one slot per step. Row i, left-padded by ``pad[i]``, gives its
+token in slot t the position ``t - pad[i]``, as Hugging Face derives ``position_ids`` from the
+attention mask.
 
 ``SlotDecoder`` keeps this bookkeeping; a subclass supplies ``_forward`` (the model over the new
 tokens, writing their keys and values into the cache). This module never imports llama-model: the

@@ -22,14 +22,17 @@ def _device(t) -> str:
     return (paddle.get_device() if _in_pir_graph() else str(t.place)).lower()
 
 
+def _is_cpu(device: str) -> bool:
+    return device.startswith(("cpu", "place(cpu"))
+
+
 def on_cpu(t) -> bool:
-    device = _device(t)
-    return device.startswith("cpu") or device.startswith("place(cpu")
+    return _is_cpu(_device(t))
 
 
 def _unsupported_place(t) -> str | None:
     device = _device(t)
-    if device.startswith("cpu") or device.startswith("place(cpu"):
+    if _is_cpu(device):
         return None
     if device.startswith("gpu") or device.startswith("place(gpu"):
         return None if LIB.cuda else "GPU tensor and the library has no CUDA kernels"
