@@ -66,7 +66,8 @@ void rms_norm_backward_cpu(const paddle::Tensor& x, const paddle::Tensor& w,
                            paddle::Tensor& dx, paddle::Tensor& dw) {
   using A = typename Acc<T>::type;
   const int64_t h = w.numel();
-  const int64_t rows = x.numel() / h;
+  if (h == 0) return;
+  const int64_t rows = x.numel() / h;  // may be 0: dw is then the empty sum, zeros
   const T* xp = x.data<T>();
   const T* wp = w.data<T>();
   const T* gp = g.data<T>();

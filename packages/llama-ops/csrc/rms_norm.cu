@@ -77,6 +77,7 @@ void forward(const paddle::Tensor& x, const paddle::Tensor& w, float eps, paddle
   using T = typename Native<PT>::type;
   using A = typename AccT<PT>::type;
   const int64_t h = w.numel();
+  if (h == 0 || x.numel() == 0) return;  // a grid of zero blocks is a launch error
   const int64_t rows = x.numel() / h;
   rms_norm_fwd<T, A><<<rows, kThreads, 0, x.stream()>>>(
       reinterpret_cast<const T*>(x.data<PT>()), reinterpret_cast<const T*>(w.data<PT>()),
@@ -89,7 +90,12 @@ void backward(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Te
   using T = typename Native<PT>::type;
   using A = typename AccT<PT>::type;
   const int64_t h = w.numel();
+  if (h == 0) return;
   const int64_t rows = x.numel() / h;
+  if (rows == 0) {  // no rows: the weight gradient is an empty sum, and slots would be 0 below
+    cudaMemsetAsync(dw.data<PT>(), 0, h * sizeof(T), x.stream());
+    return;
+  }
   // Enough blocks to fill the device, few enough that the column reduction stays small.
   const int64_t slots = rows < 1024 ? rows : 1024;
   const int64_t rows_per_slot = (rows + slots - 1) / slots;

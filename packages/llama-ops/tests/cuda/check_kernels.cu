@@ -104,7 +104,9 @@ struct Report {
                const Vec& got, const Vec& want, double tolerance) {
     double err = 0, scale = 0;
     for (size_t i = 0; i < want.size(); ++i) {
-      err = std::max(err, std::fabs(got[i] - want[i]));
+      // std::max drops a NaN, so a non-finite output is counted as an infinite error explicitly
+      const double d = std::fabs(got[i] - want[i]);
+      err = std::isfinite(d) ? std::max(err, d) : INFINITY;
       scale = std::max(scale, std::fabs(want[i]));
     }
     const double rel = err / (scale > 0 ? scale : 1.0);
@@ -240,6 +242,8 @@ static void check_rms_norm(Report& rep, const DType& dt, int64_t rows, int64_t h
   const DataType acc = dt.type == DataType::FLOAT64 ? DataType::FLOAT64 : DataType::FLOAT32;
   Tensor out({rows, h}, dt.type), inv({rows}, acc), dx({rows, h}, dt.type), dw({h}, dt.type);
   k::rms_norm_forward(tx, tw, static_cast<float>(eps), out, inv);
+  // dw starts as NaN, so a kernel that leaves it unwritten (e.g. for zero rows) fails below.
+  cudaMemset(dw.data<void>(), 0xFF, dw.bytes());
   // The backward reads the forward's inv_rms, as the op does.
   k::rms_norm_backward(tx, tw, inv, tg, dx, dw);
   Vec r_out, r_inv, r_dx, r_dw;
@@ -364,6 +368,7 @@ int main(int argc, char** argv) {
     check_rms_norm(rep, dt, 512, 4096, seed += 10);
     check_rms_norm(rep, dt, 37, 1000, seed += 10);  // h not a multiple of the block, few rows
     check_rms_norm(rep, dt, 3000, 64, seed += 10);  // rows > the backward's 1024 partial slots
+    check_rms_norm(rep, dt, 0, 64, seed += 10);     // no rows: no launch, grad weight all zeros
     check_rope(rep, dt, 2, 64, 8, 128, false, seed += 10);
     check_rope(rep, dt, 3, 17, 4, 64, true, seed += 10);
     check_swiglu(rep, dt, 256, 1376, false, seed += 10);

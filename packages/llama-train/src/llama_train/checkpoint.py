@@ -14,12 +14,19 @@ Layout (``OUTPUT/checkpoints/``)::
 A save goes to ``step-XXXXXXXX.tmp`` (every rank writes its pieces), then rank 0 adds the JSON
 files and ``COMPLETE``, renames the directory to its final name and replaces ``latest`` through a
 temporary file and ``os.replace``. A crash at any point leaves ``latest`` on the previous complete
-checkpoint; a leftover ``.tmp`` directory is removed by the next run. ``latest`` is a small text
-file rather than a symlink so that it survives copies to object stores and file systems without links.
+checkpoint; a leftover ``.tmp`` directory is removed by the next run (or at once by the rank whose
+write failed). ``latest`` is a small text file rather than a symlink so that it survives copies to
+object stores and file systems without links.
+
+``latest`` is the timeline: a run resumed from an older checkpoint first moves every newer step
+directory to ``abandoned-<time>/`` (see :func:`abandon_newer`), so a later save never meets, skips
+or mixes with a checkpoint of the abandoned future. The same happens to a checkpoint that a crash
+published without updating ``latest``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -144,14 +151,80 @@ def latest(checkpoints: Path) -> Path | None:
     return path if name and is_complete(path) else None
 
 
-# Fault injection for the crash-safety test: rank 0 kills itself (SIGKILL) in the save of this step,
-# after the shards are written and before the checkpoint is published.
+def step_of(path: Path) -> int | None:
+    match = _STEP_DIR.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def step_dirs(checkpoints: Path) -> list[Path]:
+    """The ``step-N`` directories (complete or not, no ``.tmp``), oldest first."""
+    try:
+        entries = list(checkpoints.iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if p.is_dir() and step_of(p) is not None)
+
+
+def newer_than(checkpoints: Path, step: int) -> list[Path]:
+    return [p for p in step_dirs(checkpoints) if step_of(p) > step]
+
+
+def abandon_newer(checkpoints: Path, resumed: Path | None) -> Path | None:
+    """Make ``resumed`` the end of the timeline: ``latest`` names it (or nothing, when it lies
+    outside ``checkpoints``, or when starting fresh), then every step directory after it moves to
+    ``checkpoints/abandoned-<time>/``. Moved, not deleted: a rollback by mistake loses nothing, and
+    the user deletes the folder when sure. Returns that folder, or None if nothing moved.
+
+    ``latest`` is written first, so a crash half-way leaves it right and the next start moves the
+    rest."""
+    inside = resumed is not None and resumed.parent.resolve() == checkpoints.resolve()
+    after = -1 if resumed is None else TrainerState.read(resumed).step
+    newer = newer_than(checkpoints, after)
+    if not newer and (latest(checkpoints) == resumed or not (checkpoints / LATEST).exists()):
+        return None
+    if inside:
+        _write_atomic(checkpoints / LATEST, resumed.name + "\n")
+    else:
+        (checkpoints / LATEST).unlink(missing_ok=True)
+    if not newer:
+        return None
+    target = checkpoints / time.strftime("abandoned-%Y%m%d-%H%M%S")
+    target.mkdir(exist_ok=True)
+    for path in newer:
+        os.replace(path, target / path.name)
+    _fsync_dir(checkpoints)
+    return target
+
+
+def remove_partial_saves(checkpoints: Path) -> list[Path]:
+    """Delete the ``step-*.tmp`` directories that a killed or failed save left behind."""
+    leftovers = sorted(checkpoints.glob("step-*.tmp")) if checkpoints.is_dir() else []
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return leftovers
+
+
+# Fault injection for the crash-safety tests, in the save of the given step after the shards are
+# written and before the checkpoint is published: rank 0 kills itself (SIGKILL), or the given rank
+# fails its write as a full disk would ("STEP:RANK").
 FAULT_ENV = "LLAMA_TRAIN_FAULT_KILL_IN_SAVE"
+FAULT_ENOSPC_ENV = "LLAMA_TRAIN_FAULT_ENOSPC_IN_SAVE"
 
 
-def _maybe_inject_crash(step: int, rank: int) -> None:
+def _maybe_inject_crash(step: int, rank: int, directory: Path) -> None:
     if rank == 0 and os.environ.get(FAULT_ENV) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FAULT_ENOSPC_ENV) == f"{step}:{rank}":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / f"{rank}_0.distcp"))
+
+
+def _write_failed(exc: OSError, tmp: Path) -> TrainError:
+    shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full while the partial save stays
+    where = exc.filename or tmp
+    return TrainError(
+        f"cannot write checkpoint {where}: {exc.strerror or exc} (the partial save {tmp.name} was "
+        "removed; the last complete checkpoint is kept)"
+    )
 
 
 class CheckpointManager:
@@ -172,10 +245,10 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.model_config = model_config
         self.tokenizer = tokenizer
+        self.published: set[int] = set()  # steps this run has saved
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            for leftover in self.root.glob("step-*.tmp"):
-                shutil.rmtree(leftover, ignore_errors=True)  # a save that was killed half-way
+            remove_partial_saves(self.root)  # a save that was killed half-way
         self._barrier()
 
     def _barrier(self) -> None:
@@ -190,19 +263,23 @@ class CheckpointManager:
         import paddle.distributed as dist
 
         final = self.root / step_dir_name(state.step)
-        if is_complete(final):  # e.g. a signal right after the periodic save of the same step
+        if state.step in self.published:  # a signal right after the periodic save of this step
             return final
         tmp = final.with_name(final.name + ".tmp")
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+        try:
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self._barrier()
+            dist.save_state_dict(tensors, str(tmp))
+            _maybe_inject_crash(state.step, self.rank, tmp)
+            self._barrier()
+            if self.rank == 0:
+                self._publish(tmp, final, state)
+        except OSError as exc:
+            raise _write_failed(exc, tmp) from None
         self._barrier()
-        dist.save_state_dict(tensors, str(tmp))
-        self._barrier()
-        _maybe_inject_crash(state.step, self.rank)
-        if self.rank == 0:
-            self._publish(tmp, final, state)
-        self._barrier()
+        self.published.add(state.step)
         return final
 
     def _publish(self, tmp: Path, final: Path, state: TrainerState) -> None:
@@ -212,8 +289,12 @@ class CheckpointManager:
         _write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=2) + "\n")
         _write_atomic(tmp / COMPLETE, f"{state.step}\n")
         _fsync_dir(tmp)
-        if final.exists():  # an incomplete directory of the same step from an older layout
-            shutil.rmtree(final)
+        if final.exists():
+            # Not this run's (rollbacks move the future away before training): never skipped,
+            # never mixed; kept aside like an abandoned checkpoint.
+            aside = self.root / time.strftime("abandoned-%Y%m%d-%H%M%S")
+            aside.mkdir(exist_ok=True)
+            os.replace(final, aside / final.name)
         os.replace(tmp, final)
         _fsync_dir(self.root)
         _write_atomic(self.root / LATEST, final.name + "\n")

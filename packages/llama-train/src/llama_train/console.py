@@ -6,6 +6,7 @@ both talk through this, so a terminal gets a bar either way and a file or pipe g
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -19,6 +20,13 @@ class Console:
         self._bar = None
 
     def line(self, text: str) -> None:
+        try:
+            self._line(text)
+        except OSError:  # the terminal went away (SIGHUP): the job goes on to its clean stop
+            self.use_bar, self._bar = False, None
+            self.stream = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+
+    def _line(self, text: str) -> None:
         match = STEP_LINE.match(text)
         if match and self.use_bar:
             self._advance(int(match.group(1)), int(match.group(2)))

@@ -2,16 +2,18 @@
 
 ``llama-train`` builds and runs::
 
-    python -m paddle.distributed.launch --nproc_per_node N --log_dir OUTPUT/logs \
+    python -m llama_train.paddle_launch --nproc_per_node N --log_dir OUTPUT/logs/paddle/node-K \
         [--nnodes K --master IP:PORT --rank R]  python -u -m llama_train.worker OUTPUT/run_config.json
 
-so the same command runs on a CPU box (the launcher picks gloo when it selects no device) and on a
-GPU cluster (NCCL). Paddle's launcher already does what a job needs when a rank dies: it sends
-SIGTERM to the other ranks of the node, kills them 3 s later and exits with the dead rank's code
-(its ``--elastic_level`` default, -1, never restarts). This module relays rank 0's lines from its log
-(``OUTPUT/logs/workerlog.0``) to the console (a progress bar on a terminal), keeps the launcher's
-own output in ``OUTPUT/logs/launcher.log``, passes SIGTERM on to the launcher (which forwards it to the ranks:
-they save a checkpoint and exit), and turns the outcome into one line.
+``llama_train.paddle_launch`` is ``paddle.distributed.launch`` under supervision (``supervise``), so
+the same command runs on a CPU box (the launcher picks gloo when it selects no device) and on a GPU
+cluster (NCCL). Paddle's launcher already does what a job needs when a rank dies: it sends SIGTERM
+to the other ranks of the node, kills them 3 s later and exits (its ``--elastic_level`` default, -1,
+never restarts). This module relays rank 0's lines from its log (``OUTPUT/logs/workerlog.0``; each
+rank writes ``workerlog.<global rank>``) to the console (a progress bar on a terminal), keeps the
+launcher's own output in ``OUTPUT/logs/launcher.log``, passes SIGTERM, SIGINT and SIGHUP on to the
+launcher as SIGTERM (which forwards it to the ranks: they save a checkpoint and exit), watches the
+ranks' exits, and turns the outcome into one line naming the first rank that failed.
 
 A one-process job on one node does not go through the launcher: it runs in the calling process
 (no rendezvous to set up, a couple of seconds faster to the first step, same code path otherwise).
@@ -29,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llama_train import supervise
 from llama_train.console import Console
 
 # Rank 0's lines meant for the user; Paddle's own chatter stays in the logs.
@@ -36,14 +39,21 @@ _OUR_LINE = re.compile(
     r"^(step \d+/|eval step |saved checkpoint |stopped by a signal|model FLOPs|Error: |dp\d+mp\d+pp\d+ on )"
 )
 _FAILED_CONTAINER = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
+_WATCH_EVERY_S = 0.05  # how finely the ranks' exits are timed
+_RELAY_EVERY_S = 0.2
 
 
 @dataclass
 class JobResult:
     returncode: int
-    failed_rank: int | None = None
-    failed_code: int | None = None
+    failed: supervise.RankExit | None = None
     signalled: bool = False
+    killed_leftovers: int = 0
+
+
+def launcher_log(cfg) -> Path:
+    logs = Path(cfg.output) / "logs"
+    return logs / ("launcher.log" if cfg.nnodes == 1 else f"launcher.node{cfg.node_rank or 0}.log")
 
 
 def worker_command(config_path: str) -> list[str]:
@@ -51,11 +61,13 @@ def worker_command(config_path: str) -> list[str]:
 
 
 def launch_command(cfg, config_path: str) -> list[str]:
-    logs = str(Path(cfg.output) / "logs")
+    # Paddle's launcher names its files by local rank: one folder per node keeps a shared output
+    # readable; the ranks write their own OUTPUT/logs/workerlog.<global rank>.
+    logs = str(Path(cfg.output) / "logs" / "paddle" / f"node-{cfg.node_rank or 0}")
     cmd = [
         sys.executable,
         "-m",
-        "paddle.distributed.launch",
+        "llama_train.paddle_launch",
         "--nproc_per_node",
         str(cfg.procs_per_node),
         "--log_dir",
@@ -89,12 +101,14 @@ class _LogTail:
         return done
 
 
-def run_launched(cfg, config_path: str, console: Console) -> JobResult:
-    """Run the job through paddle.distributed.launch until every rank has exited."""
+def run_launched(cfg, config_path: str, console: Console, run_id: str, lock_fd: int | None) -> JobResult:
+    """Run the job through Paddle's launcher until every rank of this node has exited."""
     logs = Path(cfg.output) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env[supervise.RUN_ID_ENV] = run_id
+    env[supervise.FRONT_PID_ENV] = str(os.getpid())
     result = JobResult(returncode=0)
     tail = _LogTail(logs / "workerlog.0")
 
@@ -103,37 +117,51 @@ def run_launched(cfg, config_path: str, console: Console) -> JobResult:
             if _OUR_LINE.match(text):
                 console.line(text)
 
-    with open(logs / "launcher.log", "a", encoding="utf-8") as launcher_log:
+    with open(launcher_log(cfg), "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
             launch_command(cfg, config_path),
-            stdout=launcher_log,
+            stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # a terminal's Ctrl-C reaches it only through us, once
+            pass_fds=() if lock_fd is None else (lock_fd,),
         )
+        watch = supervise.RankWatch(proc.pid, run_id, cfg.procs_per_node)
 
         def forward(signum, frame):
             result.signalled = True
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
 
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, forward) for sig in stops}
         try:
+            last_relay = 0.0
             while proc.poll() is None:
-                relay()
-                time.sleep(0.2)
-            relay()
+                watch.poll()
+                if time.monotonic() - last_relay >= _RELAY_EVERY_S:
+                    relay()
+                    last_relay = time.monotonic()
+                time.sleep(_WATCH_EVERY_S)
             result.returncode = proc.returncode
+            # Normally Paddle's launcher has stopped its ranks; if it was killed, they die with it
+            # (their death signal). Anything still alive after the grace period is killed here.
+            result.killed_leftovers = len(watch.kill_remaining(supervise.ORPHAN_GRACE_S))
+            relay()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    failed = _FAILED_CONTAINER.search(
-        (logs / "launcher.log").read_text(errors="replace")[-200_000:]
-    )
-    if failed:
-        result.failed_rank, result.failed_code = int(failed.group(1)), int(failed.group(2))
+                watch.kill_remaining(0)
+    watch.write_records(logs)
+    result.failed = supervise.first_failure(logs, run_id, list(watch.exits.values()))
+    if result.failed is None and result.returncode != 0:
+        # No rank seen failing (e.g. reaped before a poll): Paddle's launcher's own account.
+        found = _FAILED_CONTAINER.search(launcher_log(cfg).read_text(errors="replace")[-200_000:])
+        if found:
+            rank, code = int(found.group(1)), int(found.group(2))
+            result.failed = supervise.RankExit(rank, 0, "", time.time(), code, run_id)
     return result

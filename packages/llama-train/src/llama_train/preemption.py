@@ -1,6 +1,6 @@
-"""SIGTERM / SIGINT: finish the current step, save a checkpoint, exit cleanly.
+"""SIGTERM / SIGINT / SIGHUP: finish the current step, save a checkpoint, exit cleanly.
 
-A signal only sets a flag. Ranks may receive it during different steps, so after every step the
+A signal only sets a flag (SIGHUP too: a dropped ssh session stops the job like SIGTERM). Ranks may receive it during different steps, so after every step the
 ranks agree (an all-reduce of the flag, MAX): either all of them save and stop after the same step,
 or none does. A second SIGINT in a one-process run stops at once (KeyboardInterrupt).
 
@@ -19,7 +19,7 @@ class StopRequest:
         self.distributed = distributed
         self.signum: int | None = None
         self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:

@@ -2,22 +2,44 @@
 
 Options, model shape, layout against the model and the backend, the data files (existence, token
 ids within the vocabulary), the sample indices (built here once, read by every rank), enough data
-for the steps asked, and the output directory. A mistake here costs a second, not a launch of N
-processes; the resolved options land in ``OUTPUT/run_config.json``.
+for the steps asked, the output directory, and the checkpoint a run resumes from (its model config,
+its data order, every rank file vetted by the restricted unpickler and present in full). A mistake
+here costs a second, not a launch of N processes.
+
+Nothing is written into the run directory until all of it has passed, under the run's lock: a
+refused start leaves the directory as it was. Then stale partial saves are removed, a rollback
+moves the abandoned checkpoints aside, and the resolved options land in ``OUTPUT/run_config.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from llama_train import checkpoint, model_setup
 from llama_train.data import TrainData, check_data_files
 from llama_train.errors import TrainError
 from llama_train.options import RunConfig
+from llama_train.runlock import RunLock, check_node0_holds
+from llama_train.supervise import RUN_ID_ENV
 
 
-def prepare(cfg: RunConfig) -> RunConfig:
-    """Complete ``cfg`` (sequence length) and check it; raises TrainError with one line."""
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    lock: RunLock | None  # None on the nodes other than 0 (node 0 holds it)
+    lock_fd: int | None  # what the launcher inherits
+    run_id: str
+    abandoned: Path | None = None  # where a rollback moved the newer checkpoints
+    removed_partial: int = 0
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Complete ``cfg`` (sequence length), check it and the run directory; raises TrainError with
+    one line. The returned lock is held until the caller releases it (or exits)."""
     config = model_setup.model_config(cfg)
     model_setup.resolve_seq_len(cfg, config)
     strategy = model_setup.strategy_of(cfg)
@@ -26,16 +48,111 @@ def prepare(cfg: RunConfig) -> RunConfig:
     data = TrainData(cfg, rank=0)
     data.check_enough(cfg.max_steps)
     out = Path(cfg.output)
-    if cfg.resume is None and checkpoint.latest(out / "checkpoints") is not None:
+    _check_output_path(out)
+    run_id = os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12]
+    if cfg.nnodes > 1 and (cfg.node_rank or 0) > 0:
+        # Node 0 validates, writes and holds the lock on the shared output; this node checks it.
+        check_node0_holds(out, cfg.master)
+        return Prepared(cfg, None, None, run_id)
+
+    created = _make_dir(out)
+    lock = RunLock(out)
+    try:
+        try:
+            lock.acquire()
+        except OSError as exc:
+            raise TrainError(_os_error_line(exc, out)) from None
+        resumed = _check_resume(cfg, out, config, data)
+    except TrainError:
+        lock.release(undo=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    try:
+        return _write_run_files(cfg, out, config, lock, run_id, resumed)
+    except OSError as exc:
+        lock.release()
+        raise TrainError(_os_error_line(exc, out)) from None
+
+
+def _check_output_path(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--output {out} is a file, not a directory")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TrainError(f"--output {out}: {parent} is a file, not a directory")
+
+
+def _make_dir(out: Path) -> bool:
+    """Create the run directory if needed (True if it did); OS errors as one line."""
+    if out.is_dir():
+        if os.statvfs(out).f_flag & os.ST_RDONLY:
+            raise TrainError(f"cannot write {out}: Read-only file system")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise TrainError(f"cannot write {out}: Permission denied")
+        return False
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise TrainError(_os_error_line(exc, out)) from None
+    return True
+
+
+def _os_error_line(exc: OSError, out: Path) -> str:
+    where = exc.filename or out
+    return f"cannot write {where}: {exc.strerror or exc}"
+
+
+def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | None:
+    """The checkpoint to resume from, checked as far as possible without Paddle: read-only."""
+    ckpts = out / "checkpoints"
+    if cfg.resume is None and checkpoint.step_dirs(ckpts):
         raise TrainError(
             f"{out} already holds checkpoints: pass --resume auto to continue, or another --output"
         )
-    checkpoint.resolve_resume(cfg.resume, cfg.output)  # a bad --resume path fails here
+    path = checkpoint.resolve_resume(cfg.resume, cfg.output)
+    if path is None:
+        return None
+    from llama_model import LlamaConfig
+    from llama_train.vetting import vet_checkpoint
+
+    try:
+        saved = LlamaConfig.from_json(str(path / "config.json"))
+    except (OSError, ValueError, TypeError) as exc:
+        raise TrainError(f"--resume {path}: unreadable config.json ({exc})") from None
+    if saved != config:
+        raise TrainError(
+            f"--resume {path}: the checkpoint's model config differs from --model-config"
+            f"{_first_difference(saved, config)}"
+        )
+    state = checkpoint.TrainerState.read(path)
+    if state.data_fingerprint != data.fingerprint:
+        raise TrainError(
+            f"--resume {path}: the data order differs from the checkpoint's (data, --split, "
+            "--seq-len, --seed or --max-epochs changed)"
+        )
+    vet_checkpoint(path)
+    return path
+
+
+def _first_difference(saved, config) -> str:
+    for name, value in vars(config).items():
+        if vars(saved).get(name) != value:
+            return f" ({name}: checkpoint {vars(saved).get(name)!r}, asked {value!r})"
+    return ""
+
+
+def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed) -> Prepared:
+    ckpts = out / "checkpoints"
+    removed = checkpoint.remove_partial_saves(ckpts)  # first: a full disk gets its space back
+    abandoned = checkpoint.abandon_newer(ckpts, resumed) if resumed is not None else None
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for stale in logs.glob("error.*"):
+    for stale in [*logs.glob("error.*"), *logs.glob("exit.*.json")]:
         stale.unlink()
     (logs / "preempted").unlink(missing_ok=True)
     cfg.write(str(out / "run_config.json"))
     config.to_json(str(out / "config.json"))
-    return cfg
+    lock_fd = lock.publish(run_id, cfg.master)
+    return Prepared(cfg, lock, lock_fd, run_id, abandoned, len(removed))

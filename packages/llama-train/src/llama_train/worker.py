@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from llama_train.errors import NonFiniteLoss, TrainError
@@ -55,8 +57,12 @@ def _restore(cfg, step_fn, data, ckpt, config, strategy):
     return state, path
 
 
-def run_worker(cfg, console=None) -> object:
-    """Train as this process's rank; returns the Trainer (its state says where it stopped)."""
+def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object:
+    """Train as this process's rank; returns the Trainer (its state says where it stopped).
+
+    ``keep_stop_handlers``: leave the stop-signal handlers installed on return (a rank process
+    that is about to exit: a repeated SIGTERM from the launcher must not kill it after its clean
+    stop); a library caller gets its own handlers back."""
     from llama_data import DataError
     from llama_model import LlamaModelError, ParallelModel
     from llama_train import model_setup
@@ -131,8 +137,33 @@ def run_worker(cfg, console=None) -> object:
     except (LlamaModelError, DataError) as exc:
         raise TrainError(str(exc)) from None
     finally:
-        if stop is not None:
+        if stop is not None and not keep_stop_handlers:
             stop.restore()
+
+
+def _own_log(output: str, rank: int) -> None:
+    """Send this process's stdout and stderr (Python's and native code's) to
+    ``OUTPUT/logs/workerlog.<global rank>``: Paddle's launcher names its logs by local rank, which
+    collide on a shared output across nodes."""
+    path = Path(output) / "logs" / f"workerlog.{rank}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _supervised(cfg, rank: int):
+    """Under llama-train's launcher: die with it, log under the global rank, join the run lock."""
+    from llama_train import runlock, supervise
+
+    launcher = os.environ.get(supervise.LAUNCHER_PID_ENV)
+    if launcher is None:
+        return None
+    supervise.die_with_parent(signal.SIGKILL, int(launcher))
+    _own_log(cfg.output, rank)
+    return runlock.join_as_rank(cfg.output)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,13 +174,20 @@ def main(argv: list[str] | None = None) -> None:
     cfg = RunConfig.read(args[0])
     rank = rank_from_env()
     try:
-        run_worker(cfg, Console(bar=False) if rank == 0 else None)
+        lock = _supervised(cfg, rank)  # noqa: F841 - held until the process exits
+        run_worker(cfg, Console(bar=False) if rank == 0 else None, keep_stop_handlers=True)
+        # Done (finished or stopped and saved): the launcher's repeated SIGTERMs must not kill the
+        # process while it tears down. Ignored, since Python's finalisation resets handlers to
+        # the default (death) but keeps SIG_IGN.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
     except (TrainError, NonFiniteLoss) as exc:
         code = EXIT_USER_ERROR if isinstance(exc, TrainError) else EXIT_NON_FINITE
         message = str(exc).strip().splitlines()[0]
         path = error_file(cfg.output, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"code": code, "message": message}) + "\n")
+        record = {"code": code, "message": message, "time": time.time()}
+        path.write_text(json.dumps(record) + "\n")
         print(f"Error: {message}", file=sys.stderr, flush=True)
         sys.exit(code)
 

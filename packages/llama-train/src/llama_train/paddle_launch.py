@@ -1,0 +1,39 @@
+"""Paddle's own launcher, started by llama-train under supervision.
+
+``python -m llama_train.paddle_launch ARGS`` is ``python -m paddle.distributed.launch ARGS`` with
+three additions made before Paddle's launcher starts (see ``supervise``):
+
+* it dies with the front process: SIGTERM when the front process exits (Paddle's launcher then
+  stops the ranks gracefully: they save and exit), and a hard exit ``ORPHAN_GRACE_S`` seconds later
+  if they have not, which kills the ranks through their own death signal;
+* SIGHUP (a dropped ssh session) is handled as SIGTERM rather than killing the launcher outright;
+* the ranks learn the launcher's pid (``LLAMA_TRAIN_LAUNCHER_PID``) to tie their lives to it.
+
+The run lock's file descriptor is inherited from the front process and held until this process
+exits; the ranks take their own shared lock (``runlock.join_as_rank``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from llama_train import supervise
+
+
+def main() -> None:
+    front = os.environ.get(supervise.FRONT_PID_ENV)
+    os.environ[supervise.LAUNCHER_PID_ENV] = str(os.getpid())
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    if front is not None:
+        supervise.die_with_parent(signal.SIGTERM, int(front))
+        supervise.watch_parent(int(front), supervise.ORPHAN_GRACE_S, lambda: os._exit(1))
+    from paddle.distributed.launch.main import launch
+
+    sys.argv = ["paddle.distributed.launch", *sys.argv[1:]]
+    launch()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""One job per run directory: an advisory ``flock`` on ``OUTPUT/.lock``.
+
+The front process takes the lock exclusively before it looks at the run directory's state, so two
+jobs cannot both decide to resume from, or write into, the same directory. Once the job is checked
+and about to launch, the holder's identity is written into the file and the lock is turned into a
+shared one: Paddle's launcher inherits it (the same open file description) and every rank takes its
+own shared lock at start-up. A second job asks for the exclusive lock and is refused while any
+process of the first job is alive, orphans included. The kernel drops a lock when its last holder
+dies, so there is no stale lock to guess about.
+
+Multi-node: node 0 holds the lock on the shared output; the other nodes only check that it is held
+by node 0 of a job with the same ``--master`` (they wait for it a while, as they may start first).
+
+File systems without ``flock`` (NFS without lockd answers ENOLCK): the job is refused in one line;
+``LLAMA_TRAIN_NO_LOCK=1`` runs without the lock, with nothing to stop a second job.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from llama_train.errors import TrainError
+
+LOCK_NAME = ".lock"
+NO_LOCK_ENV = "LLAMA_TRAIN_NO_LOCK"
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        holder = json.loads(raw.decode("utf-8"))
+        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "a job that is still starting"
+
+
+def _flock_retrying(fd: int, kind: int) -> None:
+    # Another node's probe (check_node0_holds) holds the lock for microseconds: try a few times.
+    for attempt in range(3):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+
+
+def _read(fd: int) -> bytes:
+    return os.pread(fd, 1 << 16, 0)
+
+
+def _no_flock(path: Path, exc: OSError) -> TrainError:
+    return TrainError(
+        f"cannot lock {path} ({os.strerror(exc.errno)}: the file system has no flock, e.g. NFS "
+        f"without lockd); set {NO_LOCK_ENV}=1 to run without it, making sure no other job uses "
+        "this output"
+    )
+
+
+class RunLock:
+    """The front process's lock on a run directory (``acquire`` → ``publish`` → ``release``)."""
+
+    def __init__(self, output: Path):
+        self.path = output / LOCK_NAME
+        self.fd: int | None = None
+        self.created = False
+        self.disabled = os.environ.get(NO_LOCK_ENV) == "1"
+
+    def acquire(self) -> None:
+        """Exclusive, non-blocking; one line naming the holder if another job has it."""
+        if self.disabled:
+            return
+        self.created = not self.path.exists()
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _flock_retrying(self.fd, fcntl.LOCK_EX)
+        except BlockingIOError:
+            holder = _describe(_read(self.fd))
+            self._close(remove=False)
+            raise TrainError(
+                f"{self.path.parent} is in use by another llama-train job ({holder}); wait for it "
+                "to end, stop it, or choose another --output"
+            ) from None
+        except OSError as exc:
+            self._close(remove=self.created)
+            if exc.errno in _NO_FLOCK:
+                raise _no_flock(self.path, exc) from None
+            raise
+
+    def publish(self, run_id: str, master: str | None) -> int | None:
+        """Write who holds the lock, then share it with the job's processes; returns the fd that
+        the launcher must inherit (None without a lock)."""
+        if self.fd is None:
+            return None
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "run_id": run_id,
+            "master": master,
+        }
+        data = (json.dumps(holder) + "\n").encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        os.fsync(self.fd)
+        try:  # not atomic: another job may take the exclusive lock in between, and then wins
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._close(remove=False)
+            raise TrainError(f"{self.path.parent} was taken by another llama-train job") from None
+        return self.fd
+
+    def release(self, *, undo: bool = False) -> None:
+        """Drop the lock; ``undo`` also removes the lock file if this job created it (a refused
+        start leaves the run directory as it found it)."""
+        self._close(remove=undo and self.created)
+
+    def _close(self, remove: bool) -> None:
+        if self.fd is not None:
+            if remove:
+                self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def join_as_rank(output: str) -> int | None:
+    """A rank's shared lock on the run directory, held until the process exits (the fd is left
+    open on purpose). Refuses to run if another job holds the directory exclusively."""
+    if os.environ.get(NO_LOCK_ENV) == "1":
+        return None
+    path = Path(output) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # an in-process call without the front process (library use)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TrainError(
+            f"{output} is held exclusively by another llama-train job ({_describe(_read_path(path))})"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in _NO_FLOCK:
+            raise _no_flock(path, exc) from None
+        raise
+    return fd
+
+
+def _read_path(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> None:
+    """On a node other than 0: the lock must be held by node 0 of the job with this ``--master``."""
+    if os.environ.get(NO_LOCK_ENV) == "1":
+        return
+    path = output / LOCK_NAME
+    deadline = time.monotonic() + wait_s
+    while True:
+        held, holder = _held_by(path)
+        if held and holder.get("master") == master:
+            return
+        if time.monotonic() > deadline:
+            what = (
+                f"held by another job ({_describe(json.dumps(holder).encode())})"
+                if held
+                else "not held"
+            )
+            raise TrainError(
+                f"{path} is {what}: node 0 of this job (--master {master}) must start on the same "
+                "shared --output"
+            )
+        time.sleep(0.5)
+
+
+def _held_by(path: Path) -> tuple[bool, dict]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False, {}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return True, json.loads(_read(fd).decode("utf-8") or "{}")
+            except ValueError:
+                return True, {}
+        except OSError as exc:
+            if exc.errno in _NO_FLOCK:
+                raise _no_flock(path, exc) from None
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False, {}
+    finally:
+        os.close(fd)
