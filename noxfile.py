@@ -57,7 +57,8 @@ PACKAGES: dict[str, Package] = {
     # its own session tests the plain path, this one the fused path.
     "llama-ops": Package("llama-ops", consumers=("llama-model",)),
     "llama-model": Package("llama-model", env={"LLAMA_MODEL_EXPECT_KERNELS": "paddle"}),
-    # ckpt-tools is a test-only need: the tests merge the trained checkpoint without Paddle.
+    # ckpt-tools is a runtime need: its restricted unpickler vets a checkpoint before Paddle's
+    # pickle loader reads it (the tests also merge the trained checkpoint with it, without Paddle).
     "llama-train": Package("llama-train", needs=("llama-data", "llama-model", "ckpt-tools")),
     "llama-infer": Package("llama-infer", needs=("llama-data", "ckpt-tools", "llama-model")),
 }

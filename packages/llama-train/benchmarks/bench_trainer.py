@@ -83,9 +83,12 @@ def worker_trainer(steps: int, warmup: int, data: str, out: str, to_static: bool
     flags = {"model_config": "bench-t", "data": (data,), "output": out, "seq_len": T_SEQ, "micro_batch_size": T_BATCH,
              "max_steps": warmup + steps, "lr": 1e-4, "split": "1", "eval_every": 0, "save_every": 0, "log_every": 1,
              "to_static": to_static}  # fmt: skip
-    cfg = prepare(resolve({}, flags))
+    prepared = prepare(resolve({}, flags))
     start = time.perf_counter()
-    run_worker(cfg)
+    try:
+        run_worker(prepared.cfg)
+    finally:
+        prepared.lock.release()
     total = time.perf_counter() - start
     records = [r for r in read_metrics(out) if r["split"] == "train" and r["step"] > warmup]
     wall_steps = [r["time"] for r in read_metrics(out) if r["split"] == "train"]

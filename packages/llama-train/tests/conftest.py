@@ -66,3 +66,10 @@ def losses(output) -> dict[int, float]:
     from llama_train import read_metrics
 
     return {r["step"]: r["loss"] for r in read_metrics(str(output)) if r["split"] == "train"}
+
+
+@pytest.fixture
+def job_args(tiny_corpus):
+    """A job that trains until it is stopped (many epochs of the tiny corpus, no periodic save)."""
+    return [*TINY, "--data", tiny_corpus, "--micro-batch-size", "2", "--max-epochs", "100",
+            "--max-steps", "50000", "--save-every", "0"]  # fmt: skip

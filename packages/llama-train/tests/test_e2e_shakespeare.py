@@ -64,8 +64,11 @@ def test_shakespeare_dp2mp2pp2_equals_one_process(shakespeare, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     # The same run in this process, so that the trained weights are at hand.
-    cfg = prepare(resolve({}, options(shakespeare, single_out)))
-    trainer = run_worker(cfg)
+    prepared = prepare(resolve({}, options(shakespeare, single_out)))
+    try:
+        trainer = run_worker(prepared.cfg)
+    finally:
+        prepared.lock.release()
     trained = {name: p.numpy() for name, p in trainer.pm.named_parameters()}
 
     dist_losses, single_losses = losses(dist_out), losses(single_out)

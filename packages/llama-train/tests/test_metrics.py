@@ -1,7 +1,11 @@
+import json
+import math
+
 import pytest
 
 from llama_model import LlamaConfig, preset
-from llama_train import flops_per_token
+from llama_train import flops_per_token, read_metrics
+from llama_train.metrics import MetricsFile, format_eval, format_step
 
 
 def test_flops_per_token_counts_matmul_weights_and_attention():
@@ -19,3 +23,57 @@ def test_tied_embedding_counts_once_as_the_head():
     cfg = preset("tiny", tie_word_embeddings=True)
     untied = preset("tiny")
     assert flops_per_token(untied, 64) - flops_per_token(cfg, 64) == pytest.approx(0.0)
+
+
+def _strict(line: str) -> dict:
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_values_are_written_as_null_and_named(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    train = {"step": 3, "split": "train", "loss": nan, "lr": 1e-3, "grad_norm": inf, "tokens_per_s": 100.0,
+             "tokens_per_s_per_device": 50.0, "step_time_s": 0.25, "mfu": None}  # fmt: skip
+    valid = {"step": 3, "split": "valid", "valid_loss": -inf, "valid_ppl": 0.0}
+    metrics = MetricsFile(str(tmp_path), resume_step=None)
+    metrics.write(train)
+    metrics.write(valid)
+    metrics.write({"step": 4, "split": "valid", "valid_loss": 2.0, "valid_ppl": 7.389})
+    metrics.close()
+    assert math.isnan(train["loss"])  # the caller's record is left as it was
+
+    lines = [_strict(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_line = {**train, "loss": None, "grad_norm": None}
+    train_line["non_finite"] = {"loss": "nan", "grad_norm": "inf"}
+    assert lines == [
+        train_line,
+        {**valid, "valid_loss": None, "non_finite": {"valid_loss": "-inf"}},
+        {"step": 4, "split": "valid", "valid_loss": 2.0, "valid_ppl": 7.389},
+    ]
+    assert read_metrics(str(tmp_path)) == lines
+
+    # The log lines of records read back: the null values show as they were.
+    assert format_step(lines[0], 10) == (
+        "step 3/10 | loss nan | lr 1.000e-03 | grad_norm inf | tokens/s 100 | tokens/s/device 50 "
+        "| step_time 250.0ms"
+    )
+    assert format_eval(lines[1]) == "eval step 3 | valid_loss -inf | valid_ppl 0.00"
+    assert format_eval({"step": 5, "valid_loss": None, "valid_ppl": None}) == (
+        "eval step 5 | valid_loss n/a | valid_ppl n/a"
+    )
+
+
+def test_resume_truncates_records_holding_nulls(tmp_path):
+    metrics = MetricsFile(str(tmp_path), resume_step=None)
+    for step in (1, 2, 3):
+        metrics.write({"step": step, "split": "train", "loss": float("nan") if step == 2 else 1.0})
+    metrics.close()
+    MetricsFile(str(tmp_path), resume_step=2).close()
+    assert read_metrics(str(tmp_path)) == [
+        {"step": 1, "split": "train", "loss": 1.0},
+        {"step": 2, "split": "train", "loss": None, "non_finite": {"loss": "nan"}},
+    ]

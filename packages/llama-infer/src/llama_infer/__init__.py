@@ -1,20 +1,23 @@
 """Text generation for LLaMA models on PaddlePaddle: KV-cache decoding, greedy and sampling, batches,
 in dygraph or through exported static programs.
 
-Names that need llama-model (the dygraph decoder, the loader, the exporter) are imported on first
-use, so serving an export directory never imports llama-model.
+Names that need Paddle (the generator, the decoders, the loader, the exporter) are imported on
+first use: ``import llama_infer`` loads no Paddle (so the command line sets its warning filters
+before Paddle loads), and serving an export directory never imports llama-model.
 """
 
 from importlib import import_module
 
 from llama_infer.errors import InferError
-from llama_infer.generation import Completion, Generator
 from llama_infer.manifest import is_export, read_manifest
 from llama_infer.sampling import SamplingConfig, next_tokens, processed_logits
-from llama_infer.slots import DecodeState, SlotDecoder
 from llama_infer.version import __version__
 
 _LAZY = {
+    "Completion": "llama_infer.generation",
+    "Generator": "llama_infer.generation",
+    "DecodeState": "llama_infer.slots",
+    "SlotDecoder": "llama_infer.slots",
     "CachedDecoder": "llama_infer.decoding",
     "LoadedModel": "llama_infer.loading",
     "load_model": "llama_infer.loading",

@@ -143,6 +143,15 @@ def main():
     llama-infer generate --help                         # every generation option
     llama-infer export --model llama-dir --output llama-export
     """
+    import warnings
+
+    # Third-party warnings that say nothing to the user of this command, ignored while it runs (in
+    # this process only; the library modules never touch the warning filters). Paddle 3.3.1 warns
+    # on import that it found no ccache, which matters only to someone compiling C++ operators.
+    # Paddle is imported after this point: `import llama_infer` does not load it.
+    click.get_current_context().with_resource(warnings.catch_warnings())
+    for message, module in (("No ccache found", r"paddle\.utils\.cpp_extension"),):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
 
 
 @main.command(context_settings=HELP)

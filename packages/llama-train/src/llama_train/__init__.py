@@ -6,6 +6,7 @@ from llama_train.metrics import FLOPS_FORMULA, flops_per_token, read_metrics
 from llama_train.options import RunConfig
 from llama_train.schedule import LRSchedule
 from llama_train.version import __version__
+from llama_train.vetting import vet_checkpoint
 
 __all__ = [
     "FLOPS_FORMULA",
@@ -20,4 +21,5 @@ __all__ = [
     "latest",
     "read_metrics",
     "resolve_resume",
+    "vet_checkpoint",
 ]

@@ -54,6 +54,14 @@ def main() -> None:
         --tokenizer tok.model --output out --max-steps 300 --lr 3e-3
     llama-train plot out
     """
+    import warnings
+
+    # Third-party warnings that say nothing to the user of this command, ignored while it runs (in
+    # this process only; the library modules never touch the warning filters). Paddle 3.3.1 warns
+    # on import that it found no ccache, which matters only to someone compiling C++ operators.
+    click.get_current_context().with_resource(warnings.catch_warnings())
+    for message, module in (("No ccache found", r"paddle\.utils\.cpp_extension"),):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
 
 
 def _option_for(name: str, f) -> click.Option:
@@ -102,19 +110,34 @@ def run_command(config_file, **flags):
     if importlib.util.find_spec("paddle") is None:
         raise _Failure(PADDLE_MISSING)
     try:
-        cfg = _prepare(config_file, flags)
+        prepared = _prepare(config_file, flags)
     except TrainError as exc:
         raise _Failure(str(exc)) from None
-    if cfg.launched:
-        _run_launched(cfg)
-    else:
-        _run_here(cfg)
+    except OSError as exc:
+        raise _Failure(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+    try:
+        if prepared.removed_partial:
+            click.echo(
+                f"removed {prepared.removed_partial} partial checkpoint save(s) left by a failed run"
+            )
+        if prepared.abandoned is not None:
+            click.echo(
+                f"resuming from an older checkpoint: the newer ones were moved to {prepared.abandoned}"
+            )
+        if prepared.cfg.launched:
+            _run_launched(prepared)
+        else:
+            _run_here(prepared.cfg)
+    finally:
+        if prepared.lock is not None:
+            prepared.lock.release()
 
 
 _with_run_options(run_command)
 
 
 def _prepare(config_file, flags):
+    """The checked run (``preparation.Prepared``), its lock held."""
     from llama_train import options
     from llama_train.preparation import prepare
 
@@ -123,10 +146,17 @@ def _prepare(config_file, flags):
 
 
 def _run_here(cfg) -> None:
+    import logging
+
     from llama_train.console import Console
     from llama_train.worker import run_worker
 
     console = Console()
+    # Paddle's checkpoint writer logs an INFO line per save to stderr; in a one-process run that is
+    # the user's terminal (a launched rank's goes to its log).
+    paddle_log = logging.getLogger("paddle.distributed.fleet.utils.log_util")
+    level = paddle_log.level
+    paddle_log.setLevel(logging.WARNING)
     try:
         trainer = run_worker(cfg, console)
     except TrainError as exc:
@@ -139,42 +169,60 @@ def _run_here(cfg) -> None:
         ) from None
     finally:
         console.close()
+        paddle_log.setLevel(level)
     if trainer.stopped_by_signal:
         sys.exit(0)
 
 
-def _run_launched(cfg) -> None:
-    from llama_train.console import Console
-    from llama_train.launcher import run_launched
+def _first_error(logs: Path) -> dict | None:
+    """The earliest of the ranks' one-line errors (``logs/error.<rank>``)."""
+    records = []
+    for path in logs.glob("error.*"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        records.append((record.get("time", 0.0), int(path.suffix[1:]), record))
+    return min(records, key=lambda r: r[:2])[2] if records else None
 
+
+def _run_launched(prepared) -> None:
+    from llama_train.console import Console
+    from llama_train.launcher import launcher_log, run_launched
+
+    cfg = prepared.cfg
     out = Path(cfg.output)
     console = Console()
     try:
-        result = run_launched(cfg, str(out / "run_config.json"), console)
+        result = run_launched(
+            cfg, str(out / "run_config.json"), console, prepared.run_id, prepared.lock_fd
+        )
     finally:
         console.close()
-    errors = sorted((out / "logs").glob("error.*"), key=lambda p: int(p.suffix[1:]))
-    if errors:
-        record = json.loads(errors[0].read_text())
-        raise _Failure(record["message"], record["code"])
+    error = _first_error(out / "logs")
+    if error:
+        raise _Failure(error["message"], error["code"])
+    if result.failed is None and (out / "logs" / "preempted").exists():
+        return  # stopped by a signal, to whichever process it came: saved, exit 0
+    if result.returncode < 0 and not result.signalled:
+        raise _Failure(
+            f"Paddle's launcher was killed by signal {-result.returncode}; its ranks were stopped "
+            f"(see {launcher_log(cfg)})",
+            EXIT_CRASH,
+        )
+    if result.failed is not None:
+        failed = result.failed
+        log = out / "logs" / f"workerlog.{failed.rank}"
+        raise _Failure(
+            f"rank {failed.rank} {failed.describe()}; the job was stopped (see {log})", EXIT_CRASH
+        )
     if result.signalled:
-        if (out / "logs" / "preempted").exists():
-            return
         raise _Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
     if result.returncode != 0:
-        rank = f"rank {result.failed_rank}" if result.failed_rank is not None else "a rank"
-        code = result.failed_code if result.failed_code is not None else result.returncode
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        log = (
-            out
-            / "logs"
-            / (
-                f"workerlog.{result.failed_rank}"
-                if result.failed_rank is not None
-                else "launcher.log"
-            )
+        raise _Failure(
+            f"the launcher exited with code {result.returncode} (see {launcher_log(cfg)})",
+            EXIT_CRASH,
         )
-        raise _Failure(f"{rank} {how}; the job was stopped (see {log})", EXIT_CRASH)
 
 
 @main.command("plot")

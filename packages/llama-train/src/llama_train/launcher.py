@@ -101,7 +101,9 @@ class _LogTail:
         return done
 
 
-def run_launched(cfg, config_path: str, console: Console, run_id: str, lock_fd: int | None) -> JobResult:
+def run_launched(
+    cfg, config_path: str, console: Console, run_id: str, lock_fd: int | None
+) -> JobResult:
     """Run the job through Paddle's launcher until every rank of this node has exited."""
     logs = Path(cfg.output) / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ or for a known GPU its dense bf16 figure; on CPU there is none and MFU is not re
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -85,11 +86,30 @@ class MetricsFile:
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
-        self._fh.write(json.dumps(record) + "\n")
+        """Append ``record`` as one line of strict JSON: a NaN or infinite value is written as
+        ``null`` and named, with its value, in ``"non_finite"`` (``{"valid_loss": "nan"}``)."""
+        non_finite: dict[str, str] = {}
+        line = {key: _finite_or_none(key, value, non_finite) for key, value in record.items()}
+        if non_finite:
+            line["non_finite"] = non_finite
+        self._fh.write(json.dumps(line, allow_nan=False) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _finite_or_none(name: str, value, non_finite: dict[str, str]):
+    """``value`` with every non-finite float in it replaced by None and noted in ``non_finite``
+    under its name (``a.b`` in a nested record, ``a[2]`` in a list)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        non_finite[name] = str(float(value))
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(f"{name}.{k}", v, non_finite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(f"{name}[{i}]", v, non_finite) for i, v in enumerate(value)]
+    return value
 
 
 def read_metrics(output: str) -> list[dict]:
@@ -97,24 +117,36 @@ def read_metrics(output: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _number(record: dict, key: str, spec: str, scale: float = 1.0) -> str:
+    """A field of a record, formatted: a value the metrics file holds as null shows as it was
+    (``nan``, ``inf``; from ``"non_finite"``), a missing one as ``n/a``."""
+    value = record.get(key)
+    if value is None:
+        return record.get("non_finite", {}).get(key, "n/a")
+    return format(value * scale, spec)
+
+
 def format_step(record: dict, max_steps: int) -> str:
     """The log line of a train record (the launcher parses its leading ``step k/n``)."""
     parts = [
         f"step {record['step']}/{max_steps}",
-        f"loss {record['loss']:.4f}",
-        f"lr {record['lr']:.3e}",
+        f"loss {_number(record, 'loss', '.4f')}",
+        f"lr {_number(record, 'lr', '.3e')}",
     ]
-    if record.get("grad_norm") is not None:
-        parts.append(f"grad_norm {record['grad_norm']:.3f}")
+    if record.get("grad_norm") is not None or "grad_norm" in record.get("non_finite", {}):
+        parts.append(f"grad_norm {_number(record, 'grad_norm', '.3f')}")
     parts += [
-        f"tokens/s {record['tokens_per_s']:,.0f}",
-        f"tokens/s/device {record['tokens_per_s_per_device']:,.0f}",
-        f"step_time {record['step_time_s'] * 1000:.1f}ms",
+        f"tokens/s {_number(record, 'tokens_per_s', ',.0f')}",
+        f"tokens/s/device {_number(record, 'tokens_per_s_per_device', ',.0f')}",
+        f"step_time {_number(record, 'step_time_s', '.1f', 1000)}ms",
     ]
     if record.get("mfu") is not None:
-        parts.append(f"mfu {record['mfu'] * 100:.1f}%")
+        parts.append(f"mfu {_number(record, 'mfu', '.1f', 100)}%")
     return " | ".join(parts)
 
 
 def format_eval(record: dict) -> str:
-    return f"eval step {record['step']} | valid_loss {record['valid_loss']:.4f} | valid_ppl {record['valid_ppl']:.2f}"
+    return (
+        f"eval step {record['step']} | valid_loss {_number(record, 'valid_loss', '.4f')} | "
+        f"valid_ppl {_number(record, 'valid_ppl', '.2f')}"
+    )

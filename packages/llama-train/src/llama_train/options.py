@@ -391,6 +391,11 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is None:
             continue
+        # Every float (and float list) is finite: NaN passes any comparison below and ∞ most.
+        for number in value if isinstance(value, list) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                what = "finite numbers" if isinstance(value, list) else "a finite number"
+                raise TrainError(f"--{name.replace('_', '-')} must be {what}, got {number}")
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise TrainError(
