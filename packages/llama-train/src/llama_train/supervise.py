@@ -77,12 +77,15 @@ class RankExit:
     pid: int
     host: str
     time: float  # when it was first seen gone (wall clock, so nodes can be compared)
-    status: int | None  # exit code, or -signal; None when it was reaped before it was seen
+    # Exit code, or -signal; None when it was reaped before it was seen. Paddle's launcher polls its
+    # ranks once a second, so a crash leaves a zombie to read for that long; while it stops the
+    # ranks it reaps each at once, so clean exits are often seen as None.
+    status: int | None
     run_id: str = ""
 
     @property
     def failed(self) -> bool:
-        return self.status != 0
+        return self.status is not None and self.status != 0
 
     def describe(self) -> str:
         if self.status is None:
