@@ -19,7 +19,13 @@ from llama_ops._paddle import paddle
 DISABLE_ENV = "LLAMA_OPS_DISABLE"
 LIBRARY = Path(__file__).with_name("_kernels.dylib" if sys.platform == "darwin" else "_kernels.so")
 BUILD_INFO = Path(__file__).with_name("_build_info.json")
-OPS = ("fused_rms_norm", "fused_rope", "fused_swiglu", "fused_swiglu_packed")
+OPS = (
+    "fused_rms_norm",
+    "fused_rope",
+    "fused_swiglu",
+    "fused_swiglu_packed",
+    "fused_causal_softmax",
+)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,7 +179,8 @@ def abandon_newer(checkpoints: Path, resumed: Path | None) -> Path | None:
     ``latest`` is written first, so a crash half-way leaves it right and the next start moves the
     rest."""
     inside = resumed is not None and resumed.parent.resolve() == checkpoints.resolve()
-    after = -1 if resumed is None else TrainerState.read(resumed).step
+    # From outside, this directory's own checkpoints are another timeline, older ones included.
+    after = TrainerState.read(resumed).step if inside else -1
     newer = newer_than(checkpoints, after)
     if not newer and (latest(checkpoints) == resumed or not (checkpoints / LATEST).exists()):
         return None
@@ -188,12 +190,17 @@ def abandon_newer(checkpoints: Path, resumed: Path | None) -> Path | None:
         (checkpoints / LATEST).unlink(missing_ok=True)
     if not newer:
         return None
-    target = checkpoints / time.strftime("abandoned-%Y%m%d-%H%M%S")
-    target.mkdir(exist_ok=True)
+    target = abandoned_dir(checkpoints)
     for path in newer:
         os.replace(path, target / path.name)
     _fsync_dir(checkpoints)
     return target
+
+
+def abandoned_dir(checkpoints: Path) -> Path:
+    """A new, unique ``abandoned-<time>-<suffix>`` folder."""
+    prefix = time.strftime("abandoned-%Y%m%d-%H%M%S-")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=checkpoints))
 
 
 def remove_partial_saves(checkpoints: Path) -> list[Path]:
@@ -218,11 +225,18 @@ def _maybe_inject_crash(step: int, rank: int, directory: Path) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / f"{rank}_0.distcp"))
 
 
-def _write_failed(exc: OSError, tmp: Path) -> TrainError:
-    shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full while the partial save stays
+def _write_failed(exc: OSError, tmp: Path, rank: int, alone: bool) -> TrainError:
+    # A full disk stays full while the partial save stays. Alone, the rank removes it at once; with
+    # peers still writing into it, it removes its own shard only (room for its one-line error
+    # record), and the front process removes the rest once every rank has exited.
+    if alone:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        for own in tmp.glob(f"{rank}_*.distcp"):
+            own.unlink(missing_ok=True)
     where = exc.filename or tmp
     return TrainError(
-        f"cannot write checkpoint {where}: {exc.strerror or exc} (the partial save {tmp.name} was "
+        f"cannot write checkpoint {where}: {exc.strerror or exc} (the partial save {tmp.name} is "
         "removed; the last complete checkpoint is kept)"
     )
 
@@ -277,7 +291,7 @@ class CheckpointManager:
             if self.rank == 0:
                 self._publish(tmp, final, state)
         except OSError as exc:
-            raise _write_failed(exc, tmp) from None
+            raise _write_failed(exc, tmp, self.rank, alone=self.world_size == 1) from None
         self._barrier()
         self.published.add(state.step)
         return final
@@ -292,9 +306,7 @@ class CheckpointManager:
         if final.exists():
             # Not this run's (rollbacks move the future away before training): never skipped,
             # never mixed; kept aside like an abandoned checkpoint.
-            aside = self.root / time.strftime("abandoned-%Y%m%d-%H%M%S")
-            aside.mkdir(exist_ok=True)
-            os.replace(final, aside / final.name)
+            os.replace(final, abandoned_dir(self.root) / final.name)
         os.replace(tmp, final)
         _fsync_dir(self.root)
         _write_atomic(self.root / LATEST, final.name + "\n")

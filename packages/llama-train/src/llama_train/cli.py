@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ PADDLE_MISSING = (
 EXIT_CRASH = 1
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
+# A rank ended by a stop signal the user sent, before it could stop cleanly.
+_STOPPED = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
 class _Failure(click.ClickException):
@@ -167,6 +170,10 @@ def _run_here(cfg) -> None:
         raise _Failure(
             "interrupted by a second Ctrl-C before a checkpoint was saved", EXIT_CRASH
         ) from None
+    except OSError as exc:
+        raise _Failure(
+            f"cannot write {exc.filename or cfg.output}: {exc.strerror or exc}"
+        ) from None
     finally:
         console.close()
         paddle_log.setLevel(level)
@@ -187,6 +194,7 @@ def _first_error(logs: Path) -> dict | None:
 
 
 def _run_launched(prepared) -> None:
+    from llama_train.checkpoint import remove_partial_saves
     from llama_train.console import Console
     from llama_train.launcher import launcher_log, run_launched
 
@@ -199,11 +207,16 @@ def _run_launched(prepared) -> None:
         )
     finally:
         console.close()
+    if (cfg.node_rank or 0) == 0:  # every rank has exited: a partial save is only partial now
+        remove_partial_saves(out / "checkpoints")
     error = _first_error(out / "logs")
     if error:
         raise _Failure(error["message"], error["code"])
-    if result.failed is None and (out / "logs" / "preempted").exists():
-        return  # stopped by a signal, to whichever process it came: saved, exit 0
+    logs = out / "logs"
+    if result.failed is None and ((logs / "preempted").exists() or (logs / "finished").exists()):
+        return  # finished, or stopped by a signal to whichever process it came: saved, exit 0
+    if result.signalled and (result.failed is None or result.failed.status in _STOPPED):
+        raise _Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
     if result.returncode < 0 and not result.signalled:
         raise _Failure(
             f"Paddle's launcher was killed by signal {-result.returncode}; its ranks were stopped "
@@ -216,8 +229,6 @@ def _run_launched(prepared) -> None:
         raise _Failure(
             f"rank {failed.rank} {failed.describe()}; the job was stopped (see {log})", EXIT_CRASH
         )
-    if result.signalled:
-        raise _Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
     if result.returncode != 0:
         raise _Failure(
             f"the launcher exited with code {result.returncode} (see {launcher_log(cfg)})",

@@ -120,6 +120,7 @@ def run_launched(
                 console.line(text)
 
     with open(launcher_log(cfg), "a", encoding="utf-8") as log:
+        log_start = log.tell()  # earlier runs' lines stay in the file
         proc = subprocess.Popen(
             launch_command(cfg, config_path),
             stdout=log,
@@ -161,9 +162,14 @@ def run_launched(
     watch.write_records(logs)
     result.failed = supervise.first_failure(logs, run_id, list(watch.exits.values()))
     if result.failed is None and result.returncode != 0:
-        # No rank seen failing (e.g. reaped before a poll): Paddle's launcher's own account.
-        found = _FAILED_CONTAINER.search(launcher_log(cfg).read_text(errors="replace")[-200_000:])
+        # No rank seen failing (e.g. reaped before a poll): Paddle's launcher's own account, from
+        # this run's lines; it numbers the ranks of this node from 0.
+        with open(launcher_log(cfg), encoding="utf-8", errors="replace") as fh:
+            fh.seek(log_start)
+            found = _FAILED_CONTAINER.search(fh.read())
         if found:
-            rank, code = int(found.group(1)), int(found.group(2))
-            result.failed = supervise.RankExit(rank, 0, "", time.time(), code, run_id)
+            rank = (cfg.node_rank or 0) * cfg.procs_per_node + int(found.group(1))
+            result.failed = supervise.RankExit(
+                rank, 0, "", time.time(), int(found.group(2)), run_id
+            )
     return result

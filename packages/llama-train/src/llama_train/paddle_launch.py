@@ -7,6 +7,9 @@ three additions made before Paddle's launcher starts (see ``supervise``):
   stops the ranks gracefully: they save and exit), and a hard exit ``ORPHAN_GRACE_S`` seconds later
   if they have not, which kills the ranks through their own death signal;
 * SIGHUP (a dropped ssh session) is handled as SIGTERM rather than killing the launcher outright;
+* a repeated stop signal (a scheduler signalling every process, then llama-train forwarding it)
+  keeps the first one's graceful stop: Paddle's launcher would cut its 30 s window for the ranks'
+  save to 10 s on a second signal;
 * the ranks learn the launcher's pid (``LLAMA_TRAIN_LAUNCHER_PID``) to tie their lives to it.
 
 The run lock's file descriptor is inherited from the front process and held until this process
@@ -29,10 +32,24 @@ def main() -> None:
     if front is not None:
         supervise.die_with_parent(signal.SIGTERM, int(front))
         supervise.watch_parent(int(front), supervise.ORPHAN_GRACE_S, lambda: os._exit(1))
+    _keep_the_first_stop()
     from paddle.distributed.launch.main import launch
 
     sys.argv = ["paddle.distributed.launch", *sys.argv[1:]]
     launch()
+
+
+def _keep_the_first_stop() -> None:
+    from paddle.distributed.launch.controllers.controller import ControllerBase
+
+    first = ControllerBase.signal_handler
+
+    def signal_handler(self, sigint, frame):
+        if hasattr(self, "sigint"):  # already stopping: let the ranks finish their save
+            return
+        first(self, sigint, frame)
+
+    ControllerBase.signal_handler = signal_handler
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     _check_output_path(out)
     run_id = os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12]
     if cfg.nnodes > 1 and (cfg.node_rank or 0) > 0:
-        # Node 0 validates, writes and holds the lock on the shared output; this node checks it.
-        check_node0_holds(out, cfg.master)
-        return Prepared(cfg, None, None, run_id)
+        # Node 0 validates, writes and holds the lock on the shared output; this node checks it
+        # and takes node 0's run id, so that exits are compared across nodes.
+        holder = check_node0_holds(out, cfg.master)
+        return Prepared(cfg, None, None, holder.get("run_id") or run_id)
 
     created = _make_dir(out)
     lock = RunLock(out)
@@ -113,6 +114,12 @@ def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | 
         )
     path = checkpoint.resolve_resume(cfg.resume, cfg.output)
     if path is None:
+        if checkpoint.step_dirs(ckpts):  # e.g. a crash before the first `latest` of a timeline
+            newest = checkpoint.step_dirs(ckpts)[-1]
+            raise TrainError(
+                f"--resume auto: {ckpts} holds checkpoints but no valid 'latest'; pass --resume "
+                f"with the one to continue from (the newest is {newest})"
+            )
         return None
     from llama_model import LlamaConfig
     from llama_train.vetting import vet_checkpoint
@@ -144,6 +151,9 @@ def _first_difference(saved, config) -> str:
 
 
 def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed) -> Prepared:
+    # Shared with the job's processes first: should another job take the lock in the moment of
+    # that change, this one stops here, before writing anything.
+    lock_fd = lock.publish(run_id, cfg.master)
     ckpts = out / "checkpoints"
     removed = checkpoint.remove_partial_saves(ckpts)  # first: a full disk gets its space back
     abandoned = checkpoint.abandon_newer(ckpts, resumed) if resumed is not None else None
@@ -151,8 +161,10 @@ def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed
     logs.mkdir(parents=True, exist_ok=True)
     for stale in [*logs.glob("error.*"), *logs.glob("exit.*.json")]:
         stale.unlink()
-    (logs / "preempted").unlink(missing_ok=True)
+    for marker in ("preempted", "finished"):
+        (logs / marker).unlink(missing_ok=True)
+    if resumed is not None:  # every rank loads exactly the checkpoint checked here
+        cfg.resume = str(resumed.resolve())
     cfg.write(str(out / "run_config.json"))
     config.to_json(str(out / "config.json"))
-    lock_fd = lock.publish(run_id, cfg.master)
     return Prepared(cfg, lock, lock_fd, run_id, abandoned, len(removed))

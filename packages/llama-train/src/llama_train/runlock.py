@@ -71,28 +71,43 @@ class RunLock:
         self.path = output / LOCK_NAME
         self.fd: int | None = None
         self.created = False
+        self.previous = b""  # the file's bytes before this job (restored by a refused start)
         self.disabled = os.environ.get(NO_LOCK_ENV) == "1"
 
     def acquire(self) -> None:
-        """Exclusive, non-blocking; one line naming the holder if another job has it."""
+        """Exclusive, non-blocking; one line naming the holder if another job has it. Then the
+        file is emptied until ``publish``: another node reads "still checking", not a stale
+        holder."""
         if self.disabled:
             return
-        self.created = not self.path.exists()
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            _flock_retrying(self.fd, fcntl.LOCK_EX)
-        except BlockingIOError:
-            holder = _describe(_read(self.fd))
+        while True:
+            self.created = not self.path.exists()
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                _flock_retrying(self.fd, fcntl.LOCK_EX)
+            except BlockingIOError:
+                holder = _describe(_read(self.fd))
+                self._close(remove=False)
+                raise TrainError(
+                    f"{self.path.parent} is in use by another llama-train job ({holder}); wait for "
+                    "it to end, stop it, or choose another --output"
+                ) from None
+            except OSError as exc:
+                self._close(remove=self.created)
+                if exc.errno in _NO_FLOCK:
+                    raise _no_flock(self.path, exc) from None
+                raise
+            # A refused start that created the file removes it: a lock taken on the removed file
+            # locks nothing, so check that the path still names this file.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             self._close(remove=False)
-            raise TrainError(
-                f"{self.path.parent} is in use by another llama-train job ({holder}); wait for it "
-                "to end, stop it, or choose another --output"
-            ) from None
-        except OSError as exc:
-            self._close(remove=self.created)
-            if exc.errno in _NO_FLOCK:
-                raise _no_flock(self.path, exc) from None
-            raise
+        self.previous = _read(self.fd)
+        os.ftruncate(self.fd, 0)
 
     def publish(self, run_id: str, master: str | None) -> int | None:
         """Write who holds the lock, then share it with the job's processes; returns the fd that
@@ -118,8 +133,10 @@ class RunLock:
         return self.fd
 
     def release(self, *, undo: bool = False) -> None:
-        """Drop the lock; ``undo`` also removes the lock file if this job created it (a refused
-        start leaves the run directory as it found it)."""
+        """Drop the lock; ``undo`` (a refused start) leaves the lock file as it found it: removed
+        if this job created it, else its previous bytes written back."""
+        if undo and self.fd is not None and not self.created:
+            os.pwrite(self.fd, self.previous, 0)
         self._close(remove=undo and self.created)
 
     def _close(self, remove: bool) -> None:
@@ -162,16 +179,17 @@ def _read_path(path: Path) -> bytes:
         return b""
 
 
-def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> None:
-    """On a node other than 0: the lock must be held by node 0 of the job with this ``--master``."""
+def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> dict:
+    """On a node other than 0: the lock must be held by node 0 of the job with this ``--master``,
+    checked and published (its holder record written). Returns that record."""
     if os.environ.get(NO_LOCK_ENV) == "1":
-        return
+        return {}
     path = output / LOCK_NAME
     deadline = time.monotonic() + wait_s
     while True:
         held, holder = _held_by(path)
-        if held and holder.get("master") == master:
-            return
+        if held and holder.get("master") == master and holder.get("run_id"):
+            return holder
         if time.monotonic() > deadline:
             what = (
                 f"held by another job ({_describe(json.dumps(holder).encode())})"
@@ -186,10 +204,12 @@ def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> None:
 
 
 def _held_by(path: Path) -> tuple[bool, dict]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # read-write: NFS emulates flock with POSIX locks, whose exclusive kind needs it
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return False, {}
+    except OSError as exc:
+        raise TrainError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -201,7 +221,7 @@ def _held_by(path: Path) -> tuple[bool, dict]:
         except OSError as exc:
             if exc.errno in _NO_FLOCK:
                 raise _no_flock(path, exc) from None
-            raise
+            raise TrainError(f"cannot lock {path}: {exc.strerror or exc}") from None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False, {}
     finally:

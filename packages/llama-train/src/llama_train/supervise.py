@@ -209,5 +209,10 @@ def first_failure(logs: Path, run_id: str, extra: list[RankExit] = ()) -> RankEx
     failed = [e for e in exits if e.failed]
     if not failed:
         return None
-    # Seen in the same poll (50 ms), a killed rank comes before the peers that aborted after it.
-    return min(failed, key=lambda e: (round(e.time, 2), e.status in _CONSEQUENCES, e.rank))
+
+    # Seen in the same poll (50 ms): a rank killed by a signal comes first, then one that exited
+    # with an error (a gloo peer may raise as well as abort), then the usual consequences.
+    def cause(e: RankExit) -> int:
+        return 2 if e.status in _CONSEQUENCES else 0 if e.status < 0 else 1
+
+    return min(failed, key=lambda e: (round(e.time, 2), cause(e), e.rank))

@@ -8,6 +8,7 @@ loop. A user's mistake or a non-finite loss ends every rank with one line, also 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -126,9 +127,10 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
         finally:
             if metrics is not None:
                 metrics.close()
-        if trainer.stopped_by_signal and rank == 0:
+        if rank == 0:  # how it ended, for the front process: a clean stop or the last step
+            marker = "preempted" if trainer.stopped_by_signal else "finished"
             (Path(cfg.output) / "logs").mkdir(parents=True, exist_ok=True)
-            (Path(cfg.output) / "logs" / "preempted").write_text(f"{trainer.state.step}\n")
+            (Path(cfg.output) / "logs" / marker).write_text(f"{trainer.state.step}\n")
         if pm.distributed:
             import paddle.distributed as dist
 
@@ -181,13 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         # the default (death) but keeps SIG_IGN.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-    except (TrainError, NonFiniteLoss) as exc:
-        code = EXIT_USER_ERROR if isinstance(exc, TrainError) else EXIT_NON_FINITE
-        message = str(exc).strip().splitlines()[0]
-        path = error_file(cfg.output, rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    except (TrainError, NonFiniteLoss, OSError) as exc:
+        code = EXIT_NON_FINITE if isinstance(exc, NonFiniteLoss) else EXIT_USER_ERROR
+        if isinstance(exc, OSError):
+            message = f"cannot write {exc.filename or cfg.output}: {exc.strerror or exc}"
+        else:
+            message = str(exc).strip().splitlines()[0]
         record = {"code": code, "message": message, "time": time.time()}
-        path.write_text(json.dumps(record) + "\n")
+        with contextlib.suppress(OSError):  # a full disk may refuse this too: stderr still has it
+            path = error_file(cfg.output, rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record) + "\n")
         print(f"Error: {message}", file=sys.stderr, flush=True)
         sys.exit(code)
 

@@ -96,6 +96,20 @@ def test_resume_under_another_model_config_changes_nothing(run_copy, tiny_corpus
     assert not (run_copy / "logs" / "paddle").exists()
 
 
+def test_resume_auto_without_a_valid_latest_is_refused(run_copy, tiny_corpus):
+    """A crash before a timeline's first ``latest`` (or a lost one) must not start the run over
+    from step 0 beside its checkpoints, dropping its metrics."""
+    (run_copy / "checkpoints" / "latest").unlink()
+    before = tree_digest(run_copy)
+    result = run_cli(
+        [*TINY, *BASE, "--data", tiny_corpus, "--output", run_copy, "--resume", "auto"]
+    )
+    line = _refused(result)
+    assert "holds checkpoints but no valid 'latest'" in line
+    assert line.endswith(f"(the newest is {run_copy / 'checkpoints' / 'step-00000004'})")
+    assert tree_digest(run_copy) == before
+
+
 def test_rollback_abandons_the_newer_checkpoints(tiny_corpus, tmp_path):
     """Saved every 2 steps to step 10, then resumed from step 8 with another learning rate and
     saves every step: step 10 is the new timeline's (its loss is the resumed run's, not the old

@@ -3,7 +3,7 @@ that fails on a full disk removes its partial directory at once, and a restart r
 partial save before it writes anything.
 
 The full and read-only disks are small tmpfs mounts when this machine lets the test mount (root
-with CAP_SYS_ADMIN, as on CI); elsewhere the full disk is an ENOSPC injected at the rank's write
+with CAP_SYS_ADMIN: this project's CI runs as root on such a machine); elsewhere the full disk is an ENOSPC injected at the rank's write
 (``LLAMA_TRAIN_FAULT_ENOSPC_IN_SAVE``) and the read-only case is skipped, saying why.
 """
 
@@ -75,7 +75,7 @@ def test_disk_full_while_saving(tiny_corpus, tmp_path):
         assert line.startswith(
             f"Error: cannot write checkpoint {run / 'checkpoints'}/step-00000002.tmp"
         )
-        assert "No space left on device (the partial save step-00000002.tmp was removed" in line
+        assert "No space left on device (the partial save step-00000002.tmp is removed" in line
         assert not list((run / "checkpoints").glob("*.tmp"))
         assert not (run / "checkpoints" / "latest").exists()
 

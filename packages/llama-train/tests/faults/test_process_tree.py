@@ -8,6 +8,7 @@ process carrying the job's run id may be alive 10 s later; a signal that asks fo
 in a saved checkpoint and exit status 0.
 """
 
+import json
 import os
 import signal
 
@@ -153,5 +154,8 @@ def test_two_nodes_share_an_output(tiny_corpus, tmp_path):
         assert "step 3/3" in (logs / "workerlog.0").read_text()
         assert "step 3/3" not in (logs / "workerlog.1").read_text()  # rank 1 logs no steps
         assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+        # node 1 took node 0's run id, so the exits of both nodes are compared
+        ids = {json.loads((logs / f"exit.{r}.json").read_text())["run_id"] for r in (0, 1)}
+        assert len(ids) == 1
     finally:
         node1.kill()
