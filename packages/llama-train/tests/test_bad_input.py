@@ -44,6 +44,14 @@ def base(tiny_corpus, tmp_path):
             "not a multiple of micro-batch-size 3",
         ),
         (["--amp", "bf16"], "bfloat16 compute needs a GPU"),
+        (
+            ["--strategy", "mp2", "--sequence-parallel"],
+            "sequence_parallel needs a GPU: it reduce-scatters activations",
+        ),
+        (["--strategy", "dp2", "--sharding-stage", "2"], "sharding_stage 2 needs a GPU"),
+        (["--sequence-parallel"], "sequence_parallel splits over mp and needs mp > 1"),
+        (["--sharding-stage", "1"], "sharding_stage shards over dp and needs dp > 1"),
+        (["--strategy", "dp2", "--sharding-stage", "4"], "sharding_stage must be 0, 1, 2 or 3"),
         (["--amp", "fp16"], "--amp fp16 is not supported"),
         (["--to-static", "--strategy", "dp2mp2"], "to_static with dp×mp needs a GPU"),
         (

@@ -50,7 +50,11 @@ def model_config(cfg: RunConfig) -> LlamaConfig:
 def strategy_of(cfg: RunConfig) -> Strategy:
     try:
         return Strategy.parse(
-            cfg.strategy, micro_batches=cfg.accumulation, schedule=cfg.pp_schedule
+            cfg.strategy,
+            micro_batches=cfg.accumulation,
+            schedule=cfg.pp_schedule,
+            sequence_parallel=cfg.sequence_parallel,
+            sharding_stage=cfg.sharding_stage,
         )
     except LlamaModelError as exc:
         raise TrainError(f"--strategy: {exc}") from None

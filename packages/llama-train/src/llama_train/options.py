@@ -157,6 +157,22 @@ class RunConfig:
     pp_schedule: str = field(
         default="1F1B", metadata=_meta("Pipeline schedule when pp > 1.", choices=SCHEDULE_CHOICES)
     )
+    sequence_parallel: bool = field(
+        default=False,
+        metadata=_meta(
+            "Split the activations along the sequence over mp between the tensor-parallel blocks "
+            "(needs mp > 1; GPU only: it reduce-scatters).",
+            flag=True,
+        ),
+    )
+    sharding_stage: int = field(
+        default=0,
+        metadata=_meta(
+            "ZeRO sharding over dp: 1 optimizer state, 2 also gradients, 3 also parameters; 0 off "
+            "(needs dp > 1; GPU only: it reduce-scatters).",
+            min=0,
+        ),
+    )
     recompute: bool = field(
         default=False,
         metadata=_meta("Recompute activations in the backward pass (saves memory).", flag=True),
