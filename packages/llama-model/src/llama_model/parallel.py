@@ -329,18 +329,19 @@ class ParallelModel:
 
     # ---------------------------------------------------------------------------- grad clipping
     def grad_norm(self) -> float:
-        """The global L2 norm of all gradients of the model, across every stage and shard."""
-        squares = 0.0
-        for param in self.module.parameters():
-            grad = param.grad
-            if grad is None:
-                continue
-            squares += _local_squared_norm(param, grad)
-        if not self.distributed:
-            return float(np.sqrt(squares))
-        total = paddle.to_tensor([squares], dtype="float64")
-        dist.all_reduce(total)
-        return float(np.sqrt(total.numpy()[0]))
+        """The global L2 norm of all gradients of the model, across every stage and shard.
+
+        The squares are summed on the device and read back once (one host sync per call, not one
+        per parameter: on a GPU each read waits for the device)."""
+        squares = [
+            _local_squared_norm(param, param.grad)
+            for param in self.module.parameters()
+            if param.grad is not None
+        ]
+        total = paddle.add_n(squares) if squares else paddle.zeros([1], dtype="float64")
+        if self.distributed:
+            dist.all_reduce(total)
+        return float(np.sqrt(total.numpy().reshape(-1)[0]))
 
     def clip_grad_norm(self, max_norm: float, eps: float = 1e-6) -> float:
         """Scale every gradient by min(1, max_norm / (global norm + eps)); returns the norm before."""
@@ -364,11 +365,12 @@ def _scalar(tensor) -> float:
     return float(tensor)
 
 
-def _local_squared_norm(param, grad) -> float:
-    """This rank's share of ||grad||², counting each element of the global gradient exactly once over
-    the ranks of the stage: a shard counts fully, a replica counts 1/(number of replicas)."""
+def _local_squared_norm(param, grad):
+    """This rank's share of ||grad||² as a float64 tensor of shape [1] on the device, counting each
+    element of the global gradient exactly once over the ranks of the stage: a shard counts fully,
+    a replica counts 1/(number of replicas)."""
     if not grad.is_dist():
-        return float((grad.astype("float64") ** 2).sum())
+        return (grad.astype("float64") ** 2).sum().reshape([1])
     if any(p.is_partial() for p in grad.placements):
         grad = dist.reshard(grad, grad.process_mesh, param.placements)
     replicas = 1
@@ -376,4 +378,4 @@ def _local_squared_norm(param, grad) -> float:
         if placement.is_replicated():
             replicas *= size
     local = grad._local_value().astype("float64")
-    return float((local**2).sum()) / replicas
+    return (local**2).sum().reshape([1]) / replicas
