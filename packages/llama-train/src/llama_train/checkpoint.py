@@ -170,15 +170,15 @@ def newer_than(checkpoints: Path, step: int) -> list[Path]:
     return [p for p in step_dirs(checkpoints) if step_of(p) > step]
 
 
-def abandon_newer(checkpoints: Path, resumed: Path | None) -> Path | None:
+def abandon_newer(checkpoints: Path, resumed: Path) -> Path | None:
     """Make ``resumed`` the end of the timeline: ``latest`` names it (or nothing, when it lies
-    outside ``checkpoints``, or when starting fresh), then every step directory after it moves to
+    outside ``checkpoints``), then every step directory after it moves to
     ``checkpoints/abandoned-<time>/``. Moved, not deleted: a rollback by mistake loses nothing, and
     the user deletes the folder when sure. Returns that folder, or None if nothing moved.
 
     ``latest`` is written first, so a crash half-way leaves it right and the next start moves the
     rest."""
-    inside = resumed is not None and resumed.parent.resolve() == checkpoints.resolve()
+    inside = resumed.parent.resolve() == checkpoints.resolve()
     # From outside, this directory's own checkpoints are another timeline, older ones included.
     after = TrainerState.read(resumed).step if inside else -1
     newer = newer_than(checkpoints, after)
@@ -328,8 +328,7 @@ class CheckpointManager:
     def _prune(self, keep: str) -> None:
         if not self.keep_last:
             return
-        steps = sorted(p for p in self.root.iterdir() if _STEP_DIR.match(p.name))
-        for old in steps[: -self.keep_last]:
+        for old in step_dirs(self.root)[: -self.keep_last]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
 

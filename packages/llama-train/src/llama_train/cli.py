@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from llama_train.errors import NonFiniteLoss, TrainError
+from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
 from llama_train.options import FIELDS
 from llama_train.version import __version__
 
@@ -171,9 +171,7 @@ def _run_here(cfg) -> None:
             "interrupted by a second Ctrl-C before a checkpoint was saved", EXIT_CRASH
         ) from None
     except OSError as exc:
-        raise _Failure(
-            f"cannot write {exc.filename or cfg.output}: {exc.strerror or exc}"
-        ) from None
+        raise _Failure(os_error_line(exc, cfg.output)) from None
     finally:
         console.close()
         paddle_log.setLevel(level)
@@ -207,12 +205,12 @@ def _run_launched(prepared) -> None:
         )
     finally:
         console.close()
+    logs = out / "logs"
     if (cfg.node_rank or 0) == 0:  # every rank has exited: a partial save is only partial now
         remove_partial_saves(out / "checkpoints")
-    error = _first_error(out / "logs")
+    error = _first_error(logs)
     if error:
         raise _Failure(error["message"], error["code"])
-    logs = out / "logs"
     if result.failed is None and ((logs / "preempted").exists() or (logs / "finished").exists()):
         return  # finished, or stopped by a signal to whichever process it came: saved, exit 0
     if result.signalled and (result.failed is None or result.failed.status in _STOPPED):
@@ -225,7 +223,7 @@ def _run_launched(prepared) -> None:
         )
     if result.failed is not None:
         failed = result.failed
-        log = out / "logs" / f"workerlog.{failed.rank}"
+        log = logs / f"workerlog.{failed.rank}"
         raise _Failure(
             f"rank {failed.rank} {failed.describe()}; the job was stopped (see {log})", EXIT_CRASH
         )

@@ -5,6 +5,12 @@ class TrainError(ValueError):
     """A user's mistake (bad option, data, layout or checkpoint): one line, exit code 2."""
 
 
+def os_error_line(exc: OSError, where) -> str:
+    """The one line of an OS error met while writing the run: the path (the error's own, else
+    ``where``) and the cause."""
+    return f"cannot write {exc.filename or where}: {exc.strerror or exc}"
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; training stops before anything is saved from that step."""
 

@@ -48,7 +48,6 @@ class JobResult:
     returncode: int
     failed: supervise.RankExit | None = None
     signalled: bool = False
-    killed_leftovers: int = 0
 
 
 def launcher_log(cfg) -> Path:
@@ -150,7 +149,7 @@ def run_launched(
             result.returncode = proc.returncode
             # Normally Paddle's launcher has stopped its ranks; if it was killed, they die with it
             # (their death signal). Anything still alive after the grace period is killed here.
-            result.killed_leftovers = len(watch.kill_remaining(supervise.ORPHAN_GRACE_S))
+            watch.kill_remaining(supervise.ORPHAN_GRACE_S)
             relay()
         finally:
             for sig, handler in previous.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llama_train import checkpoint, model_setup
 from llama_train.data import TrainData, check_data_files
-from llama_train.errors import TrainError
+from llama_train.errors import TrainError, os_error_line
 from llama_train.options import RunConfig
 from llama_train.runlock import RunLock, check_node0_holds
 from llama_train.supervise import RUN_ID_ENV
@@ -62,7 +62,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         try:
             lock.acquire()
         except OSError as exc:
-            raise TrainError(_os_error_line(exc, out)) from None
+            raise TrainError(os_error_line(exc, out)) from None
         resumed = _check_resume(cfg, out, config, data)
     except TrainError:
         lock.release(undo=True)
@@ -74,7 +74,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         return _write_run_files(cfg, out, config, lock, run_id, resumed)
     except OSError as exc:
         lock.release()
-        raise TrainError(_os_error_line(exc, out)) from None
+        raise TrainError(os_error_line(exc, out)) from None
 
 
 def _check_output_path(out: Path) -> None:
@@ -96,29 +96,24 @@ def _make_dir(out: Path) -> bool:
     try:
         out.mkdir(parents=True)
     except OSError as exc:
-        raise TrainError(_os_error_line(exc, out)) from None
+        raise TrainError(os_error_line(exc, out)) from None
     return True
-
-
-def _os_error_line(exc: OSError, out: Path) -> str:
-    where = exc.filename or out
-    return f"cannot write {where}: {exc.strerror or exc}"
 
 
 def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | None:
     """The checkpoint to resume from, checked as far as possible without Paddle: read-only."""
     ckpts = out / "checkpoints"
-    if cfg.resume is None and checkpoint.step_dirs(ckpts):
+    existing = checkpoint.step_dirs(ckpts)
+    if cfg.resume is None and existing:
         raise TrainError(
             f"{out} already holds checkpoints: pass --resume auto to continue, or another --output"
         )
     path = checkpoint.resolve_resume(cfg.resume, cfg.output)
     if path is None:
-        if checkpoint.step_dirs(ckpts):  # e.g. a crash before the first `latest` of a timeline
-            newest = checkpoint.step_dirs(ckpts)[-1]
+        if existing:  # e.g. a crash before the first `latest` of a timeline
             raise TrainError(
                 f"--resume auto: {ckpts} holds checkpoints but no valid 'latest'; pass --resume "
-                f"with the one to continue from (the newest is {newest})"
+                f"with the one to continue from (the newest is {existing[-1]})"
             )
         return None
     from llama_model import LlamaConfig

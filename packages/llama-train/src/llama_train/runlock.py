@@ -34,9 +34,15 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 def _describe(raw: bytes) -> str:
     try:
-        holder = json.loads(raw.decode("utf-8"))
+        return _describe_holder(json.loads(raw.decode("utf-8")))
+    except (ValueError, UnicodeDecodeError):
+        return _describe_holder({})
+
+
+def _describe_holder(holder: dict) -> str:
+    try:
         return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (KeyError, TypeError):
         return "a job that is still starting"
 
 
@@ -160,9 +166,10 @@ def join_as_rank(output: str) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = _describe(_read(fd))
         os.close(fd)
         raise TrainError(
-            f"{output} is held exclusively by another llama-train job ({_describe(_read_path(path))})"
+            f"{output} is held exclusively by another llama-train job ({holder})"
         ) from None
     except OSError as exc:
         os.close(fd)
@@ -170,13 +177,6 @@ def join_as_rank(output: str) -> int | None:
             raise _no_flock(path, exc) from None
         raise
     return fd
-
-
-def _read_path(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
 
 
 def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> dict:
@@ -191,11 +191,7 @@ def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> dict:
         if held and holder.get("master") == master and holder.get("run_id"):
             return holder
         if time.monotonic() > deadline:
-            what = (
-                f"held by another job ({_describe(json.dumps(holder).encode())})"
-                if held
-                else "not held"
-            )
+            what = f"held by another job ({_describe_holder(holder)})" if held else "not held"
             raise TrainError(
                 f"{path} is {what}: node 0 of this job (--master {master}) must start on the same "
                 "shared --output"

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from llama_train.errors import NonFiniteLoss, TrainError
+from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
 
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     except (TrainError, NonFiniteLoss, OSError) as exc:
         code = EXIT_NON_FINITE if isinstance(exc, NonFiniteLoss) else EXIT_USER_ERROR
         if isinstance(exc, OSError):
-            message = f"cannot write {exc.filename or cfg.output}: {exc.strerror or exc}"
+            message = os_error_line(exc, cfg.output)
         else:
             message = str(exc).strip().splitlines()[0]
         record = {"code": code, "message": message, "time": time.time()}
