@@ -11,6 +11,7 @@ parameter gathered whole (on rank 0).
 """
 
 import argparse
+import contextlib
 import json
 import os
 
@@ -18,7 +19,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from llama_model import ParallelModel, Strategy, preset
+from llama_model import ParallelModel, Strategy, kernels, preset, read_floats
 
 GLOBAL_BATCH, SEQ = 8, 32
 
@@ -33,6 +34,30 @@ def batches(steps, vocab, seed=1234):
         for row in range(GLOBAL_BATCH):
             labels[row, SEQ - 3 * row :] = -100
         yield ids[:, :-1], labels
+
+
+@contextlib.contextmanager
+def counting_host_reads():
+    """Counts the reads of tensor values into Python (each one waits for the device on a GPU) by
+    wrapping the Tensor methods that do them, Paddle's own calls included; yields the list."""
+    reads = []
+    names = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__")
+    originals = {name: getattr(paddle.Tensor, name) for name in names}
+
+    def counting(name):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return originals[name](self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in names:
+            setattr(paddle.Tensor, name, counting(name))
+        yield reads
+    finally:
+        for name, fn in originals.items():
+            setattr(paddle.Tensor, name, fn)
 
 
 def gather_whole(param):
@@ -107,6 +132,7 @@ def main():
             learning_rate=1e-3, weight_decay=0.01, epsilon=1e-6, parameters=pm.parameters()
         )
         records = []
+        kernels.reset_usage()
         # --vary-lr: a learning rate per step, set as a trainer's schedule sets it
         lrs = [1e-3 * ((1 + step % 3) / 2 if args.vary_lr else 1) for step in range(args.steps)]
         if args.static:
@@ -120,23 +146,31 @@ def main():
             opt = pm.shard_optimizer(opt)
             for step, (ids, labels) in enumerate(batches(args.steps, cfg.vocab_size)):
                 opt.set_lr(lrs[step])
-                loss = pm.forward_backward(ids, labels)
-                norm = pm.clip_grad_norm(args.clip) if args.clip > 0 else pm.grad_norm()
-                opt.step()
-                opt.clear_grad()
-                records.append({"step": step, "loss": loss, "grad_norm": norm})
+                with counting_host_reads() as reads:  # the step as the trainer runs it
+                    loss = pm.forward_backward_tensor(ids, labels)
+                    if args.clip > 0:
+                        norm = pm.clip_grad_norm_tensor(args.clip)
+                    else:
+                        norm = pm.grad_norm_tensor()
+                    loss, norm = read_floats(loss, norm)
+                    opt.step()
+                    opt.clear_grad()
+                records.append({"step": step, "loss": loss, "grad_norm": norm, "host_reads": reads})
         # two held-out batches, forward only (evaluate runs more than once between steps)
         for seed in (99, 100):
             ids, labels = next(batches(1, cfg.vocab_size, seed=seed))
             records.append({"step": "eval", "loss": pm.evaluate(ids, labels)})
-        # every rank reports what it saw, so the test can check all ranks agree
-        seen = [records]
+        # every rank reports what it saw (and which paths the kernels took in its training and
+        # evaluation), so the test can check all ranks agree
+        seen, usage = [records], [kernels.usage()]
         if pm.distributed:
-            seen = []
+            seen, usage = [], []
             dist.all_gather_object(seen, records)
+            dist.all_gather_object(usage, kernels.usage())
         if rank == 0:
             with open(os.path.join(args.out, "losses.json"), "w") as fh:
-                json.dump({"strategy": args.strategy, "schedule": args.schedule, "ranks": seen}, fh)
+                report = {"strategy": args.strategy, "schedule": args.schedule, "ranks": seen}
+                json.dump({**report, "kernel_usage": usage}, fh)
             with open(os.path.join(args.out, "losses.jsonl"), "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in records if r["step"] != "eval")
         if args.static:

@@ -2,7 +2,9 @@
 parameters as one process (same weights, same data, gradient accumulation over 4 micro-batches,
 global-norm clipping active); a checkpoint saved under dp2mp2pp2 loads unchanged elsewhere.
 
-One launch per layout; each launch is checked several ways. Tolerance: 1e-5 absolute.
+One launch per layout; each launch is checked several ways. Tolerance: 1e-5 absolute. With llama-ops
+installed (its session runs this suite too), every run must have used the compiled kernels: on whole
+tensors in one process, on each rank's shard of the dist tensors otherwise (its call counters).
 """
 
 import json
@@ -70,7 +72,36 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(runs):
     out = runs("single", 1, "--strategy", "dp1")
-    return json.loads((out / "losses.json").read_text())["ranks"][0], _merged(out / "ckpt")
+    return json.loads((out / "losses.json").read_text())["ranks"][0], _merged(out / "ckpt"), out
+
+
+def _assert_kernels_ran(out: Path, distributed: bool) -> None:
+    """The kernel paths every rank took, from llama-ops' counters, against what is installed here."""
+    from llama_model import kernels
+
+    usage = json.loads((out / "losses.json").read_text())["kernel_usage"]
+    installed = kernels.backend()
+    if installed == "paddle":
+        assert usage == [None] * len(usage)
+        return
+    ran = "fused" if installed.startswith("llama-ops:fused") else "fallback"
+    if ran == "fused" and distributed:
+        ran = "local"
+    for rank_usage in usage:
+        for op, paths in rank_usage.items():
+            assert paths[ran] > 0, (op, rank_usage)
+            assert sum(paths.values()) == paths[ran], (op, rank_usage)
+
+
+def _assert_one_host_read_per_step(records) -> None:
+    """A training step (forward, backward, clipping, the update) reads a tensor into Python once:
+    the loss and the gradient norm together. Counted by wrapping Tensor.numpy/item/tolist/__float__/
+    __int__/__bool__, Paddle's internal calls included (the pipeline schedules, the optimizer)."""
+    reads = [r["host_reads"] for r in records if r["step"] != "eval"]
+    assert len(reads) > 1 and all(r == ["numpy"] for r in reads[1:]), reads
+    # The first step of a pipeline also exchanges each stage's tensor shapes once (Paddle's stage
+    # set-up sends them as objects: four reads measured on each pp2 rank).
+    assert reads[0][-1] == "numpy" and len(reads[0]) <= 5, reads[0]
 
 
 def test_single_process_matches_golden_losses(reference):
@@ -79,6 +110,8 @@ def test_single_process_matches_golden_losses(reference):
     got = {r["step"]: r["loss"] for r in reference[0] if r["step"] != "eval"}
     rows = compare(got, read_losses(str(GOLDEN)), atol=TOL, rtol=0.0)
     assert all(ok for *_, ok in rows), rows
+    _assert_kernels_ran(reference[2], distributed=False)
+    _assert_one_host_read_per_step(reference[0])
     # clipping at 0.5 is really active in these runs (the pre-clip norm is above it)
     assert min(r["grad_norm"] for r in reference[0] if "grad_norm" in r) > 0.5
 
@@ -105,11 +138,13 @@ LAYOUTS = [
 @pytest.mark.dist
 @pytest.mark.parametrize(("name", "nprocs", "args"), LAYOUTS)
 def test_layout_matches_single_process(runs, reference, name, nprocs, args):
-    ref_records, ref_params = reference
+    ref_records, ref_params, _ = reference
     out = runs(name, nprocs, *args)
     seen = json.loads((out / "losses.json").read_text())["ranks"]
     assert len(seen) == nprocs
+    _assert_kernels_ran(out, distributed=True)
     for rank, records in enumerate(seen):
+        _assert_one_host_read_per_step(records)
         assert len(records) == len(ref_records)
         # the held-out forward-only losses of two batches after training
         assert [r["step"] for r in records[-3:]] == [len(records) - 3, "eval", "eval"]

@@ -1,5 +1,6 @@
-"""Run by test_dist.py under paddle.distributed.launch (2 processes, gloo): the three operations on
-mp-sharded dist tensors must give what the fused kernels give on the dense tensors."""
+"""Run by test_dist.py under paddle.distributed.launch (2 processes, gloo): each operation on sharded
+dist tensors must give what the fallback gives on the dense tensors (outputs and gradients), and
+report which path it took (llama_ops.usage(), reset per case)."""
 
 import json
 import sys
@@ -40,12 +41,14 @@ def main(out_path):
     mesh = dist.ProcessMesh([0, 1], dim_names=["mp"])
     rng = np.random.default_rng(0)  # same numbers on both ranks
     b, s, hq, hk, d, h, inner = 2, 6, 4, 2, 16, 24, 20
+    scores = rng.normal(size=(b, hq, s, s))
     q, k = rng.normal(size=(b, s, hq, d)), rng.normal(size=(b, s, hk, d))
     cos, sin = rng.normal(size=(s, d)), rng.normal(size=(s, d))
     x, w = rng.normal(size=(b * s, h)), rng.normal(size=h)
     gate, up = rng.normal(size=(b * s, inner)), rng.normal(size=(b * s, inner))
-    f32 = [a.astype("float32") for a in (q, k, cos, sin, x, w, gate, up)]
-    q, k, cos, sin, x, w, gate, up = f32
+    f32 = [a.astype("float32") for a in (q, k, cos, sin, x, w, gate, up, scores)]
+    q, k, cos, sin, x, w, gate, up, scores = f32
+    # name: (function, [(input, placement)], output probes, inputs without gradient)
     cases = {
         # heads split over mp, as q/k come out of column-parallel projections
         "rope": (
@@ -59,9 +62,18 @@ def main(out_path):
             [rng.normal(size=q.shape), rng.normal(size=k.shape)],
             {2, 3},
         ),
+        # rows split (dp, or the sequence under sequence parallelism): the weight's gradient is
+        # the sum of every rank's part
         "rms_norm": (
             lambda t: llama_ops.rms_norm(t[0], t[1], 1e-6),
             [(x, dist.Shard(0)), (w, dist.Replicate())],
+            [rng.normal(size=x.shape)],
+            set(),
+        ),
+        # the hidden axis split: no rank can normalise its part alone, so the fallback
+        "rms_norm_hidden_split": (
+            lambda t: llama_ops.rms_norm(t[0], t[1], 1e-6),
+            [(x, dist.Shard(1)), (w, dist.Shard(0))],
             [rng.normal(size=x.shape)],
             set(),
         ),
@@ -71,20 +83,43 @@ def main(out_path):
             [rng.normal(size=gate.shape)],
             set(),
         ),
+        "causal_softmax": (
+            lambda t: llama_ops.causal_softmax(t[0], d**-0.5),
+            [(scores, dist.Shard(1))],
+            [rng.normal(size=scores.shape)],
+            set(),
+        ),
     }
-    report = {"rank": dist.get_rank(), "backend": llama_ops.backend(), "max_abs_diff": {}}
+    references = {
+        "rope": lambda t: llama_ops.fallback.apply_rope(*t),
+        "rms_norm": lambda t: llama_ops.fallback.rms_norm(t[0], t[1], 1e-6),
+        "swiglu": lambda t: llama_ops.fallback.swiglu(*t),
+        "causal_softmax": lambda t: llama_ops.fallback.causal_softmax(t[0], d**-0.5),
+    }
+    references["rms_norm_hidden_split"] = references["rms_norm"]
+    report = {
+        "rank": dist.get_rank(),
+        "backend": llama_ops.backend(),
+        "max_abs_diff": {},
+        "usage": {},
+        "reasons": {},
+    }
     for name, (fn, spec, probes, frozen) in cases.items():
         probes = [p.astype("float32") for p in probes]
         dense_in = [_dense(a) for a, _ in spec]
         sharded_in = [_sharded(a, mesh, pl) for a, pl in spec]
         for i in frozen:  # cos/sin: no gradient
             dense_in[i].stop_gradient = sharded_in[i].stop_gradient = True
-        want = _run(dense_in, lambda *t, fn=fn: fn(t), [paddle.to_tensor(p) for p in probes])
+        ref = references[name]
+        want = _run(dense_in, lambda *t, ref=ref: ref(t), [paddle.to_tensor(p) for p in probes])
+        llama_ops.reset_usage()
         got = _run(
             sharded_in,
             lambda *t, fn=fn: fn(t),
             [dist.shard_tensor(paddle.to_tensor(p), mesh, [dist.Replicate()]) for p in probes],
         )
+        report["usage"][name] = llama_ops.usage()
+        report["reasons"][name] = llama_ops.fallback_reasons()
         assert all(t.is_dist() for t in sharded_in)
         report["max_abs_diff"][name] = max(float(np.abs(g - e).max()) for g, e in zip(got, want))
     with open(f"{out_path}.{dist.get_rank()}.json", "w") as f:

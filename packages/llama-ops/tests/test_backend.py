@@ -2,7 +2,6 @@
 static graphs and OpenMP thread counts."""
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -99,28 +98,43 @@ def test_package_without_library_warns_once_and_works(tmp_path):
         np.testing.assert_array_equal(g, r)
 
 
-def test_dist_tensors_take_the_fallback(caplog, rng):
-    """In one process a one-rank mesh still makes dist tensors: the dispatcher must route them to the
-    fallback (custom operators carry no SPMD rule) and give the dense result."""
+def test_dist_tensors_run_on_local_shards(rng):
+    """In one process a one-rank mesh still makes dist tensors: with the library they run the kernels
+    on the local shard (counted as "local"), keep their placements and give the dense result; a
+    placement a kernel cannot take (hidden axis split for rms_norm) takes the fallback, counted with
+    its reason."""
     mesh = dist.ProcessMesh([0], dim_names=["mp"])
     x = rng.normal(size=(4, 6, 2, 8)).astype("float32")
     cos = rng.normal(size=(6, 8)).astype("float32")
     dense = llama_ops.fallback.apply_rope(*(paddle.to_tensor(a) for a in (x, x, cos, cos)))
     q = dist.shard_tensor(paddle.to_tensor(x), mesh, [dist.Shard(2)])
     c = dist.shard_tensor(paddle.to_tensor(cos), mesh, [dist.Replicate()])
-    assert q.is_dist()
-    with caplog.at_level(logging.DEBUG, logger="llama_ops"):
-        out = llama_ops.apply_rope(q, q, c, c)
-    assert out[0].is_dist()
+    h = dist.shard_tensor(paddle.to_tensor(x), mesh, [dist.Shard(3)])
+    w = dist.shard_tensor(paddle.ones([8]), mesh, [dist.Replicate()])
+    llama_ops.reset_usage()
+    out = llama_ops.apply_rope(q, q, c, c)
+    normed = llama_ops.rms_norm(h, w)
+    assert out[0].is_dist() and out[0].placements == [dist.Shard(2)]
+    assert normed.placements == [dist.Shard(3)]
     np.testing.assert_allclose(out[0].numpy(), dense[0].numpy(), rtol=1e-6, atol=1e-6)
-    if not FALLBACK_REQUESTED:
-        assert "llama_ops.apply_rope uses the fallback (dist tensor input)" in caplog.text
+    usage = llama_ops.usage()
+    if FALLBACK_REQUESTED:
+        assert usage["apply_rope"] == {"fused": 0, "local": 0, "fallback": 1}
+    else:
+        assert usage["apply_rope"] == {"fused": 0, "local": 1, "fallback": 0}
+        assert usage["rms_norm"] == {"fused": 0, "local": 0, "fallback": 1}
+        assert llama_ops.fallback_reasons() == {"rms_norm": "hidden axis sharded"}
+        assert llama_ops.summary() == (
+            "rms_norm fallback (hidden axis sharded), apply_rope fused (local shards), "
+            "swiglu not called, causal_softmax not called"
+        )
 
 
 @pytest.mark.skipif(FALLBACK_REQUESTED, reason="with the library off every reason is the switch")
 def test_eager_dispatch_reasons():
     """The verdicts of the eager path (every kernel call goes through it): CPU float tensors and
-    parameters go to the kernels; other dtypes, mixed dtypes and dist tensors do not."""
+    parameters go to the kernels, and so do eager dist tensors (their placement rules decide next);
+    other dtypes and mixed dtypes do not."""
     from llama_ops._dispatch import why_fallback
 
     x = paddle.ones([4, 8], "float32")
@@ -132,7 +146,7 @@ def test_eager_dispatch_reasons():
     assert why_fallback(x.astype("int32")) == "dtype paddle.int32"
     mesh = dist.ProcessMesh([0], dim_names=["mp"])
     shard = dist.shard_tensor(paddle.ones([4, 8], "float32"), mesh, [dist.Replicate()])
-    assert why_fallback(x, shard) == "dist tensor input"
+    assert why_fallback(x, shard) is None  # eager dist tensors: the placement rules decide
 
 
 class _Block(paddle.nn.Layer):

@@ -13,7 +13,7 @@ import pytest
 from conftest import losses, run_cli
 
 from llama_ckpt import DistCheckpoint
-from llama_model import causal_lm_loss
+from llama_model import causal_lm_loss, kernel_backend
 from llama_train import read_metrics
 from llama_train.options import resolve
 from llama_train.preparation import prepare
@@ -62,6 +62,15 @@ def test_shakespeare_dp2mp2pp2_equals_one_process(shakespeare, tmp_path):
         flags += [f"--{key.replace('_', '-')}", *(value if isinstance(value, tuple) else [value])]
     result = run_cli([*flags, "--strategy", "dp2mp2pp2"], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # what the model's primitives ran in step 1, from llama-ops' call counters
+    if kernel_backend() == "paddle":
+        assert "kernels: plain Paddle (llama-ops not installed)" in result.stdout
+    else:
+        local = ", ".join(
+            f"{op} fused (local shards)"
+            for op in ("rms_norm", "apply_rope", "swiglu", "causal_softmax")
+        )
+        assert f"kernels: {local}" in result.stdout, result.stdout[-2000:]
 
     # The same run in this process, so that the trained weights are at hand.
     prepared = prepare(resolve({}, options(shakespeare, single_out)))

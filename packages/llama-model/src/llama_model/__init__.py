@@ -7,7 +7,7 @@ from llama_model.hf_names import state_dict_from_hf, state_dict_to_hf
 from llama_model.kernels import backend as kernel_backend
 from llama_model.loss import IGNORE_INDEX, causal_lm_loss, count_valid_tokens, token_loss_sum
 from llama_model.model import LlamaForCausalLM
-from llama_model.parallel import ParallelModel, check_backend_support
+from llama_model.parallel import ParallelModel, check_backend_support, read_floats
 from llama_model.static import check_static_supported
 from llama_model.strategy import Strategy
 from llama_model.version import __version__
@@ -28,6 +28,7 @@ __all__ = [
     "kernel_backend",
     "kernels",
     "preset",
+    "read_floats",
     "state_dict_from_hf",
     "state_dict_to_hf",
     "token_loss_sum",

@@ -36,6 +36,24 @@ def backend() -> str:
     return f"llama-ops:{_ops.backend()}" if _ops is not None else "paddle"
 
 
+def usage() -> dict[str, dict[str, int]] | None:
+    """Calls per llama-ops operator and path ("fused", "local" on dist shards, "fallback") since the
+    last ``reset_usage()``; None without llama-ops (every primitive is plain Paddle)."""
+    return _ops.usage() if _ops is not None else None
+
+
+def reset_usage() -> None:
+    if _ops is not None:
+        _ops.reset_usage()
+
+
+def usage_summary() -> str:
+    """What the primitives actually ran since the last ``reset_usage()``, one line for a run's log."""
+    if _ops is None:
+        return "plain Paddle (llama-ops not installed)"
+    return _ops.summary()
+
+
 def _rms_norm(x, weight, eps: float):
     variance = (x * x).mean(-1, keepdim=True)
     return x * paddle.rsqrt(variance + eps) * weight
@@ -102,9 +120,8 @@ def causal_attention(q, k, v):
     if nk != nq:  # each key/value head serves nq // nk consecutive query heads
         k = k.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
         v = v.unsqueeze(2).expand([b, nk, nq // nk, s, d]).reshape([b, nq, s, d])
-    # scale, mask and softmax in one pass each way (llama-ops' kernels take no dist tensors: those
-    # keep the cached mask and the scaling of q below)
-    if _causal_softmax is not None and not q.is_dist():
+    # scale, mask and softmax in one pass each way (on dist tensors: on each rank's heads)
+    if _causal_softmax is not None:
         probs = _causal_softmax(paddle.matmul(q, k, transpose_y=True), d**-0.5)
     else:
         # 1/√d applied to q ([b, nq, s, d]) rather than to the scores ([b, nq, s, s]): fewer elements.
@@ -135,6 +152,9 @@ __all__ = [
     "causal_attention",
     "no_strided_views",
     "plain",
+    "reset_usage",
     "rms_norm",
     "swiglu",
+    "usage",
+    "usage_summary",
 ]

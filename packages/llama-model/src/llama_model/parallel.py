@@ -12,6 +12,10 @@ global norm across all shards and stages, and exposes the state dict under full-
         pm.clip_grad_norm(1.0)
         opt.step(); opt.clear_grad()
 
+A step that must not wait for the device more than once (a GPU step): ``forward_backward_tensor``
+and ``clip_grad_norm_tensor`` keep the loss and the norm on the device, ``read_floats`` reads both
+in one transfer.
+
 With one process (``Strategy()`` / "dp1") nothing is distributed: plain tensors, same code path.
 """
 
@@ -210,6 +214,11 @@ class ParallelModel:
         """Forward and backward over the global batch ([global_batch, seq] token ids and shifted
         labels, identical on every rank), split into ``strategy.micro_batches`` micro-batches and over
         dp. Gradients accumulate in the parameters; returns the step's mean token loss on every rank."""
+        return read_floats(self.forward_backward_tensor(input_ids, labels))[0]
+
+    def forward_backward_tensor(self, input_ids, labels):
+        """``forward_backward`` without reading the loss: a float64 tensor of shape [1] on the
+        device (a plain tensor, the same value on every rank); nothing in it waits for the device."""
         input_ids = np.asarray(input_ids, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
         if input_ids.shape != labels.shape or input_ids.ndim != 2:
@@ -246,19 +255,23 @@ class ParallelModel:
         try:
             with paddle.no_grad(), self._autocast(), no_strided_views():
                 if self._schedule is None:
-                    local = 0.0
-                    for ids, lab in zip(np.split(input_ids, micro), np.split(labels, micro)):
-                        local += (
-                            _scalar(token_loss_sum(self.module(self._place(ids)), self._place(lab)))
-                            * scale
-                        )
+                    local = paddle.add_n(
+                        [
+                            _local_scalar(
+                                token_loss_sum(self.module(self._place(ids)), self._place(lab))
+                            )
+                            for ids, lab in zip(np.split(input_ids, micro), np.split(labels, micro))
+                        ]
+                    )
                 else:
-                    local = self._pipeline_eval(input_ids, labels, scale)
+                    local = self._pipeline_eval(input_ids, labels)
         finally:
             self.module.train()
-        return self._loss_on_every_rank(local)
+        if local is not None:
+            local = local * scale
+        return read_floats(self._loss_on_every_rank(local))[0]
 
-    def _pipeline_eval(self, input_ids, labels, scale) -> float | None:
+    def _pipeline_eval(self, input_ids, labels):
         # A new forward-only schedule per call: a schedule's next step() clears the gradients of its
         # receive buffers, and Paddle 3.3.1 raises "Detected nullptr grad" on buffers that never had
         # one (no backward ran), so a forward-only schedule cannot be stepped twice.
@@ -277,7 +290,9 @@ class ParallelModel:
         # a dp-sharded batch is cut within each rank's local rows, not along the global rows.
         chunks = _split_tensor(self._place(labels), self.strategy.micro_batches)
         outputs = schedule._stage.output_chunks
-        return sum(_scalar(token_loss_sum(out, lab)) for out, lab in zip(outputs, chunks)) * scale
+        return paddle.add_n(
+            [_local_scalar(token_loss_sum(out, lab)) for out, lab in zip(outputs, chunks)]
+        )
 
     def _autocast(self):
         if self.compute_dtype == "float32":
@@ -291,16 +306,16 @@ class ParallelModel:
         mesh = self.layout.stage_mesh
         return dist.shard_tensor(tensor, mesh, plan.data_placements(mesh.dim_names))
 
-    def _accumulation_step(self, input_ids, labels) -> float:
-        total = 0.0
+    def _accumulation_step(self, input_ids, labels):
+        losses = []
         micro = self.strategy.micro_batches
         for ids, lab in zip(np.split(input_ids, micro), np.split(labels, micro)):
             loss = self.loss_fn(self.module(self._place(ids)), self._place(lab))
             loss.backward()
-            total += _scalar(loss)
-        return total
+            losses.append(_local_scalar(loss.detach()))
+        return paddle.add_n(losses)
 
-    def _pipeline_step(self, input_ids, labels) -> float | None:
+    def _pipeline_step(self, input_ids, labels):
         if self.is_first_stage:
             self._schedule.step(self._place(input_ids))
             return None
@@ -309,15 +324,17 @@ class ParallelModel:
             return None
         losses: list = []
         self._schedule.step(target=self._place(labels), losses=losses)
-        return float(sum(_scalar(loss) for loss in losses))
+        return paddle.add_n([_local_scalar(loss.detach()) for loss in losses])
 
-    def _loss_on_every_rank(self, local: float | None) -> float:
+    def _loss_on_every_rank(self, local):
+        """The step's loss as a plain float64 [1] tensor on every rank (``local``: this rank's sum
+        over micro-batches, a tensor or None where the rank has no loss)."""
         if self.strategy.pp == 1:
-            return float(local)
+            return local
         # Only last-stage ranks know the loss; each of its dp×mp ranks holds the same value.
-        value = paddle.to_tensor([local if local is not None else 0.0], dtype="float64")
+        value = local if local is not None else paddle.zeros([1], dtype="float64")
         dist.all_reduce(value)
-        return float(value.numpy()[0]) / (self.strategy.dp * self.strategy.mp)
+        return value / (self.strategy.dp * self.strategy.mp)
 
     def to_static(self, optimizer, batch: int, seq: int, clip_norm: float = 0.0):
         """A compiled step (``static.StaticStep``) for global batches of shape [batch, seq] that
@@ -329,10 +346,13 @@ class ParallelModel:
 
     # ---------------------------------------------------------------------------- grad clipping
     def grad_norm(self) -> float:
-        """The global L2 norm of all gradients of the model, across every stage and shard.
+        """The global L2 norm of all gradients of the model, across every stage and shard (one
+        read of the device per call)."""
+        return read_floats(self.grad_norm_tensor())[0]
 
-        The squares are summed on the device and read back once (one host sync per call, not one
-        per parameter: on a GPU each read waits for the device)."""
+    def grad_norm_tensor(self):
+        """``grad_norm`` as a float64 [1] tensor on the device, the same on every rank: the squares
+        are summed on the device (not read per parameter: on a GPU each read waits for the device)."""
         squares = [
             _local_squared_norm(param, param.grad)
             for param in self.module.parameters()
@@ -341,28 +361,41 @@ class ParallelModel:
         total = paddle.add_n(squares) if squares else paddle.zeros([1], dtype="float64")
         if self.distributed:
             dist.all_reduce(total)
-        return float(np.sqrt(total.numpy().reshape(-1)[0]))
+        return paddle.sqrt(total)
 
     def clip_grad_norm(self, max_norm: float, eps: float = 1e-6) -> float:
         """Scale every gradient by min(1, max_norm / (global norm + eps)); returns the norm before."""
-        norm = self.grad_norm()
-        coef = max_norm / (norm + eps)
-        if coef < 1.0:
-            with paddle.no_grad():
-                for param in self.module.parameters():
-                    if param.grad is not None:
-                        param.grad.scale_(coef)
+        return read_floats(self.clip_grad_norm_tensor(max_norm, eps))[0]
+
+    def clip_grad_norm_tensor(self, max_norm: float, eps: float = 1e-6):
+        """``clip_grad_norm`` without reading the device: the coefficient is computed and applied
+        there (1 when the norm is within bound, an exact multiply); returns the norm tensor."""
+        norm = self.grad_norm_tensor()
+        coef = paddle.clip(max_norm / (norm + eps), max=1.0)
+        with paddle.no_grad():
+            for param in self.module.parameters():
+                if param.grad is not None:
+                    grad = param.grad._local_value() if param.grad.is_dist() else param.grad
+                    grad.multiply_(coef.astype(grad.dtype))
         return norm
 
 
-def _scalar(tensor) -> float:
+def read_floats(*tensors) -> tuple[float, ...]:
+    """The first element of each tensor as a Python float, read from the device in one transfer
+    (the one host sync of a training step)."""
+    flat = [t.reshape([-1])[:1].astype("float64") for t in tensors]
+    values = paddle.concat(flat).numpy() if len(flat) > 1 else flat[0].numpy()
+    return tuple(float(v) for v in values)
+
+
+def _local_scalar(tensor):
+    """A 0-d loss (a dist tensor when distributed) as a plain float64 [1] tensor on the device,
+    holding the full value on every rank."""
     if tensor.is_dist():
         tensor = dist.reshard(
             tensor, tensor.process_mesh, [dist.Replicate()] * len(tensor.placements)
-        )
-        # A 0-d tensor resharded from Partial comes back with local shape [1]: read it flat.
-        return float(tensor._local_value().numpy().reshape(-1)[0])
-    return float(tensor)
+        )._local_value()
+    return tensor.astype("float64").reshape([1])
 
 
 def _local_squared_norm(param, grad):

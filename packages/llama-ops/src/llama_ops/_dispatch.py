@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from llama_ops._library import LIB
 from llama_ops._paddle import paddle
 
-log = logging.getLogger("llama_ops")
-
 _KERNEL_DTYPES = (paddle.float32, paddle.float64, paddle.float16, paddle.bfloat16)
-_logged: set[str] = set()
 
 
 def _in_pir_graph() -> bool:
@@ -54,11 +49,13 @@ def why_fallback(*tensors) -> str | None:
     eager = paddle.in_dynamic_mode()
     if not eager and not _in_pir_graph():
         return "legacy (non-PIR) static graph"
-    # Custom operators declare no SPMD rule, so dist tensors (dygraph or dist.to_static) would be
-    # treated as local ones; Paddle's own operators know how to propagate their placements.
-    for t in tensors:
-        if t.is_dist():
-            return "dist tensor input"
+    # Eager dist tensors go through local_map (the caller checks the placement rule, _local.py);
+    # local_map has no static-graph form, and a custom operator declares no SPMD rule, so inside a
+    # dist.to_static program a dist value would be treated as a local one.
+    if not eager:
+        for t in tensors:
+            if t.is_dist():
+                return "dist tensor in a compiled program (local_map is eager-only)"
     first = tensors[0]
     dtype = first.dtype
     if dtype not in _KERNEL_DTYPES:
@@ -69,11 +66,3 @@ def why_fallback(*tensors) -> str | None:
     if eager and first.place.is_cpu_place():
         return None
     return _unsupported_place(first)
-
-
-def note(op: str, reason: str) -> None:
-    """Log each distinct (op, reason) once at debug level."""
-    key = f"{op}: {reason}"
-    if key not in _logged:
-        _logged.add(key)
-        log.debug("llama_ops.%s uses the fallback (%s)", op, reason)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from llama_model import read_floats
 from llama_train import optimizer as optim
 from llama_train.checkpoint import MODEL_PREFIX
 from llama_train.errors import NonFiniteLoss
@@ -36,10 +37,14 @@ class EagerStep:
         optim.set_lr(self.opt, lr)
 
     def run(self, step: int, input_ids, labels) -> tuple[float, float]:
-        loss = self.pm.forward_backward(input_ids, labels)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(step, loss)
-        norm = self.pm.clip_grad_norm(self.clip_grad) if self.clip_grad > 0 else self.pm.grad_norm()
+        # The loss and the norm stay on the device until one read of both (the step's one host
+        # sync, needed anyway: a non-finite value must stop the job before the update).
+        loss = self.pm.forward_backward_tensor(input_ids, labels)
+        if self.clip_grad > 0:
+            norm = self.pm.clip_grad_norm_tensor(self.clip_grad)
+        else:
+            norm = self.pm.grad_norm_tensor()
+        loss, norm = read_floats(loss, norm)
         _check_finite(step, loss, norm)
         self.opt.step()
         self.opt.clear_grad()

@@ -81,6 +81,8 @@ class Trainer:
     def run(self) -> TrainerState:
         import paddle
 
+        from llama_model import kernels
+
         cfg, state = self.cfg, self.state
         mfu_note = (
             f"peak {self.peak_tflops} TFLOP/s per device"
@@ -91,6 +93,8 @@ class Trainer:
             f"model FLOPs per token = {FLOPS_FORMULA} = {self.flops_per_token:,.0f}; MFU: {mfu_note}"
         )
         window = _Window()
+        first_step = state.step + 1
+        kernels.reset_usage()
         while state.step < cfg.max_steps:
             step = state.step + 1
             paddle.seed(step_seed(cfg.seed, step))
@@ -100,6 +104,8 @@ class Trainer:
             start = time.perf_counter()
             loss, norm = self.step_fn.run(step, input_ids, labels)
             window.add(time.perf_counter() - start)
+            if step == first_step:  # what this run's kernels really did, from their call counters
+                self.say(f"kernels: {kernels.usage_summary()}")
             state.step = step
             state.consumed_samples += cfg.batch_size
             state.loss = loss
