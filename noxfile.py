@@ -8,6 +8,7 @@ is generated from it (.ci/packages.py) so nobody edits a matrix by hand.
     nox -s "tests(llama-data)"            # one package
     nox -s "tests(llama-data)" -- -m "not e2e" -x   # pytest options after --
     nox -s lint build bench demo tests_dist
+    nox -s tests_gpu                      # on a GPU machine: the GPU suites (pytest -m gpu)
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Package:
     # Packages whose suites also run in this package's session, with this package installed: a
     # provider of optional speed-ups proves its consumers still pass with it.
     consumers: tuple[str, ...] = ()
+    # Optional siblings installed for the package's benchmarks (which compare with and without them).
+    bench_with: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -59,7 +62,11 @@ PACKAGES: dict[str, Package] = {
     "llama-model": Package("llama-model", env={"LLAMA_MODEL_EXPECT_KERNELS": "paddle"}),
     # ckpt-tools is a runtime need: its restricted unpickler vets a checkpoint before Paddle's
     # pickle loader reads it (the tests also merge the trained checkpoint with it, without Paddle).
-    "llama-train": Package("llama-train", needs=("llama-data", "llama-model", "ckpt-tools")),
+    "llama-train": Package(
+        "llama-train",
+        needs=("llama-data", "llama-model", "ckpt-tools"),
+        bench_with=("llama-ops",),  # fused kernels vs plain Paddle under dp/mp/pp
+    ),
     "llama-infer": Package("llama-infer", needs=("llama-data", "ckpt-tools", "llama-model")),
 }
 # A package directory is only part of the build once it has a pyproject.toml.
@@ -129,6 +136,36 @@ def tests_dist(session: nox.Session) -> None:
             continue
         _install(session, name, PACKAGES[name].test_extras)
         _pytest(session, name, "-m", "dist", *session.posargs)
+
+
+# The CUDA build of Paddle the GPU suites run on (override for another CUDA version).
+PADDLE_GPU = os.environ.get("PADDLE_GPU_SPEC", "paddlepaddle-gpu==3.3.1")
+PADDLE_GPU_INDEX = os.environ.get(
+    "PADDLE_GPU_INDEX", "https://www.paddlepaddle.org.cn/packages/stable/cu126/"
+)
+
+
+@nox.session(python=PYTHON)
+def tests_gpu(session: nox.Session) -> None:
+    """The GPU suites (``pytest -m gpu``) of every package that has one, on a CUDA build of Paddle
+    installed here from Paddle's index (PADDLE_GPU_SPEC, PADDLE_GPU_INDEX), with llama-ops compiled
+    against it (nvcc on PATH). Each test fails in one line where a GPU or a CUDA build is missing."""
+    if shutil.which("nvidia-smi") is None:
+        session.error("tests_gpu needs an NVIDIA GPU and its driver: nvidia-smi is not on PATH")
+    gpu_packages = [n for n in NAMES if (PACKAGES[n].path / "tests" / "test_gpu.py").exists()]
+    for name in gpu_packages:
+        _install(session, name, PACKAGES[name].test_extras)
+    # The test extras pin the CPU wheel; both wheels provide the module `paddle`, so swap them.
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "paddlepaddle")
+    session.install(
+        PADDLE_GPU, "--index-url", PADDLE_GPU_INDEX, "--extra-index-url", "https://pypi.org/simple"
+    )
+    session.install("setuptools", "wheel")
+    session.install(
+        "--no-build-isolation", "--no-deps", "--force-reinstall", str(PACKAGES["llama-ops"].path)
+    )
+    for name in gpu_packages:
+        _pytest(session, name, "-m", "gpu", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -211,6 +248,8 @@ def bench(session: nox.Session) -> None:
         if not scripts:
             continue
         _install(session, name, PACKAGES[name].test_extras)
+        for extra in PACKAGES[name].bench_with:
+            session.install(str(PACKAGES[extra].path))
         for script in scripts:
             figures = raw / f"{name}.{script.stem}.jsonl"
             figures.unlink(missing_ok=True)

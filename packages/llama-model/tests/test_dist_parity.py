@@ -32,13 +32,16 @@ def _env():
     return env
 
 
-def _run(out: Path, nprocs: int, *args: str) -> Path:
+def _run(out: Path, nprocs: int, *args: str, env: dict | None = None, gpus: bool = False) -> Path:
     if nprocs == 1:
         cmd = [sys.executable, str(DRIVER), "--out", str(out), *args]
     else:
-        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nprocs),
+        devices = ["--devices", ",".join(map(str, range(nprocs)))] if gpus else []
+        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nprocs), *devices,
                "--log_dir", str(out / "logs"), str(DRIVER), "--out", str(out), *args]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        cmd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT
+    )
     if proc.returncode != 0:
         logs = (
             "".join(p.read_text()[-3000:] for p in sorted((out / "logs").glob("workerlog.*")))

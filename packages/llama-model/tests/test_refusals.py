@@ -71,3 +71,26 @@ def test_to_static_allowed_layouts():
 def test_world_size_mismatch_is_refused():
     with pytest.raises(LlamaModelError, match="needs 2 processes but the world size is 1"):
         ParallelModel.build(preset("tiny"), Strategy(dp=2))
+
+
+@cpu_only
+def test_gpu_suite_fails_in_one_line_per_test_without_a_gpu():
+    """``pytest -m gpu`` on a CPU build: every GPU test fails (not skips) with the same one line, no
+    traceback; a plain run deselects them all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    suite = Path(__file__).parent / "test_gpu.py"
+    cmd = [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rf"]
+    env = {**os.environ, "COLUMNS": "400"}  # the summary lines whole
+    gpu = subprocess.run([*cmd, "-m", "gpu"], capture_output=True, text=True, timeout=120, env=env)
+    assert gpu.returncode == 1, gpu.stdout[-2000:]
+    failures = [line for line in gpu.stdout.splitlines() if line.startswith("FAILED ")]
+    assert len(failures) == 7, gpu.stdout[-3000:]  # SP, sharding 1/2/3, pipeline, static, bf16
+    line = "GPU tests need a CUDA build of Paddle (paddlepaddle-gpu); this Paddle is CPU-only"
+    assert all(f.endswith(f" - Failed: {line}") for f in failures), failures
+    assert "Traceback" not in gpu.stdout and "7 failed" in gpu.stdout
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 5 and "7 deselected" in plain.stdout, plain.stdout[-2000:]

@@ -9,6 +9,10 @@
    Also the compiled step (``--to-static``) against the trainer's eager step.
 2. The tiny preset, dp2mp2pp2 (8 processes through the launcher) against one process: tokens/s.
 3. Time from the command to the first logged step, one process and 8 processes.
+4. llama-ops' fused kernels against plain Paddle (``LLAMA_MODEL_NO_OPS=1``) in the same layouts,
+   rounds alternated: config T in one process, under mp2 and under dp2mp2pp2 (8 processes; the
+   kernels on each rank's shard of the dist tensors). Needs llama-ops installed
+   (``nox -s bench`` installs it for this package); skipped with a line otherwise.
 
     python bench_trainer.py [--steps 12] [--warmup 3] [--repeats 2] [--skip-dist] [--threads 2]
 """
@@ -120,19 +124,36 @@ def _cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "llama_train"]
 
 
-def timed_run(strategy: str, data: str, out: Path, steps: int) -> dict:
-    """Runs the CLI; returns seconds to the first step line and the median logged step time."""
-    args = ["--strategy", strategy, "--model-config", "tiny", "--tokenizer", "byte", "--data", data, "--output", str(out),
-            "--seq-len", "64", "--micro-batch-size", "2", "--global-batch-size", "8", "--max-steps", str(steps),
-            "--eval-every", "0", "--save-every", "0", "--lr", "1e-3", "--split", "1"]  # fmt: skip
+def timed_run(
+    strategy: str,
+    data: str,
+    out: Path,
+    steps: int,
+    *,
+    model: str = "tiny",
+    seq: int = 64,
+    micro_batch: int = 2,
+    env: dict | None = None,
+) -> dict:
+    """Runs the CLI (global batch 8); returns seconds to the first step line, the median logged
+    step time and the kernels line of the run."""
+    args = ["--strategy", strategy, "--model-config", model, "--tokenizer", "byte", "--data", data, "--output", str(out),
+            "--seq-len", str(seq), "--micro-batch-size", str(micro_batch), "--global-batch-size", "8",
+            "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0", "--lr", "1e-3", "--split", "1"]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [*_cli(), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [*_cli(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
-    first = None
+    first, kernels = None, None
     for line in proc.stdout:
         if first is None and line.startswith("step 1/"):
             first = time.perf_counter() - start
+        if line.startswith("kernels: "):
+            kernels = line.strip().removeprefix("kernels: ")
     if proc.wait() != 0:
         raise RuntimeError(f"llama-train {strategy} failed (see {out}/logs)")
     from llama_train.metrics import read_metrics
@@ -142,9 +163,53 @@ def timed_run(strategy: str, data: str, out: Path, steps: int) -> dict:
     return {
         "first_step_s": first,
         "step_s": step,
-        "tokens_per_s": 8 * 64 / step,
+        "tokens_per_s": 8 * seq / step,
         "total_s": time.perf_counter() - start,
+        "kernels": kernels,
     }
+
+
+# (label, strategy, model, seq, micro-batch, OMP threads per process)
+KERNEL_LAYOUTS = (
+    ("config T, 1 process", "dp1", "bench-t", 256, 8, 2),
+    ("config T, mp2 (2 processes)", "mp2", "bench-t", 256, 8, 1),
+    ("config T, dp2mp2pp2 (8 processes)", "dp2mp2pp2", "bench-t", 256, 2, 1),
+)
+
+
+def bench_kernels(data: str, root: Path, steps: int, rounds: int, figures) -> None:
+    """Fused kernels against plain Paddle per layout, alternated, median of the rounds."""
+    try:
+        import llama_ops
+    except ImportError:
+        print("\nfused vs plain Paddle: skipped (llama-ops is not installed here)")
+        return
+    if not llama_ops.backend().startswith("fused"):
+        print(f"\nfused vs plain Paddle: skipped (llama-ops {llama_ops.backend()})")
+        return
+    print(
+        f"\nllama-ops fused kernels vs plain Paddle, global batch 8, median of {rounds} alternated rounds"
+    )
+    print(f"{'':32s} {'plain ms':>9s} {'fused ms':>9s} {'speed-up':>9s}  kernels (fused run)")
+    for label, strategy, model, seq, micro, threads in KERNEL_LAYOUTS:
+        times: dict[str, list[float]] = {"plain": [], "fused": []}
+        kernels = None
+        for rnd in range(rounds):
+            for variant in ("plain", "fused"):
+                env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                if variant == "plain":
+                    env["LLAMA_MODEL_NO_OPS"] = "1"
+                out = root / f"k-{strategy}-{variant}-{rnd}"
+                result = timed_run(strategy, data, out, steps, model=model, seq=seq,
+                                   micro_batch=micro, env=env)  # fmt: skip
+                times[variant].append(result["step_s"])
+                if variant == "fused":
+                    kernels = result["kernels"]
+        plain, fused = statistics.median(times["plain"]), statistics.median(times["fused"])
+        print(f"{label:32s} {plain * 1e3:9.1f} {fused * 1e3:9.1f} {plain / fused:9.2f}x  {kernels}")
+        figures.add(f"{label}, seq {seq}, global batch 8", "step time", "ms",
+                    "llama-train with llama-ops (fused kernels)", fused * 1e3,
+                    peer="llama-train, plain Paddle", peer_value=plain * 1e3, better="lower")  # fmt: skip
 
 
 def main() -> None:
@@ -154,6 +219,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dist-steps", type=int, default=30)
     ap.add_argument("--skip-dist", action="store_true")
+    ap.add_argument("--kernel-steps", type=int, default=15, help="steps per run of part 4")
+    ap.add_argument("--kernel-rounds", type=int, default=2, help="alternated rounds of part 4")
+    ap.add_argument("--only-kernels", action="store_true", help="run part 4 alone")
     ap.add_argument(
         "--threads",
         type=int,
@@ -174,6 +242,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        figures = Figures(__file__, vars(args))
+        data_bytes = _make_data(root, 256, 200_000)
+        if args.only_kernels:
+            bench_kernels(data_bytes, root, args.kernel_steps, args.kernel_rounds, figures)
+            return
         data_t = _make_data(root, 8192, 400_000)
         bare, trainer, compiled = [], [], []
         for rep in range(args.repeats):
@@ -210,7 +283,6 @@ def main() -> None:
         print(
             f"trainer overhead: {100 * (t / b - 1):+.1f}% (step), {100 * (w / b - 1):+.1f}% (wall); budget +5%"
         )
-        figures = Figures(__file__, vars(args))
         case = f"config T, one process, batch {T_BATCH} x seq {T_SEQ}"
         for metric, label, ours in (
             ("step time", "llama-train step (clip included)", t),
@@ -222,17 +294,8 @@ def main() -> None:
                     peer="llama-train eager step (clip included)", peer_value=t * 1e3, better="lower")  # fmt: skip
         if args.skip_dist:
             return
-        import numpy as np
-
-        from llama_data import IndexedDatasetWriter
-
-        prefix = root / "bytes"
-        rng = np.random.default_rng(1)
-        with IndexedDatasetWriter(prefix, np.uint16) as writer:
-            for _ in range(200):
-                writer.add_document(rng.integers(0, 256, size=1000))
-        one = timed_run("dp1", str(prefix), root / "one", args.dist_steps)
-        eight = timed_run("dp2mp2pp2", str(prefix), root / "eight", args.dist_steps)
+        one = timed_run("dp1", data_bytes, root / "one", args.dist_steps)
+        eight = timed_run("dp2mp2pp2", data_bytes, root / "eight", args.dist_steps)
         print("\nTiny preset, seq 64, global batch 8, fp32; median logged step after 3")
         print(
             f"{'':28s} {'step (ms)':>10s} {'tokens/s':>10s} {'ratio':>7s} {'to 1st step (s)':>16s}"
@@ -252,6 +315,8 @@ def main() -> None:
             figures.add("tiny preset, seq 64, global batch 8", metric, unit,
                         "llama-train dp2mp2pp2, 8 processes", eight[key],
                         peer="llama-train, 1 process", peer_value=one[key], better=better)  # fmt: skip
+
+        bench_kernels(data_bytes, root, args.kernel_steps, args.kernel_rounds, figures)
 
 
 if __name__ == "__main__":

@@ -6,31 +6,8 @@ layouts are counted in llama-model's parity tests.)"""
 import numpy as np
 import paddle
 
-from llama_model import ParallelModel, Strategy, preset
+from llama_model import ParallelModel, Strategy, count_host_reads, preset
 from llama_train.steps import EagerStep
-
-READS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__")
-
-
-def _counting(run):
-    reads = []
-    originals = {name: getattr(paddle.Tensor, name) for name in READS}
-
-    def counting(name):
-        def read(self, *args, **kwargs):
-            reads.append(name)
-            return originals[name](self, *args, **kwargs)
-
-        return read
-
-    try:
-        for name in READS:
-            setattr(paddle.Tensor, name, counting(name))
-        result = run()
-    finally:
-        for name, fn in originals.items():
-            setattr(paddle.Tensor, name, fn)
-    return reads, result
 
 
 def test_eager_step_reads_the_device_once():
@@ -40,7 +17,8 @@ def test_eager_step_reads_the_device_once():
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, pm.config.vocab_size, size=(8, 17)) for _ in range(3)]
     step.run(1, batches[0][:, :-1], batches[0][:, 1:])  # AdamW creates its state here
-    reads, (loss, norm) = _counting(lambda: step.run(2, batches[1][:, :-1], batches[1][:, 1:]))
+    with count_host_reads() as reads:
+        loss, norm = step.run(2, batches[1][:, :-1], batches[1][:, 1:])
     assert reads == ["numpy"], reads
     # the values read are the step's: the same batch through a fresh model, read the plain way
     pm_ref = ParallelModel.build(preset("tiny"), Strategy(micro_batches=4), seed=0)

@@ -4,6 +4,7 @@ from llama_model import kernels
 from llama_model.config import PRESETS, LlamaConfig, preset
 from llama_model.errors import LlamaModelError
 from llama_model.hf_names import state_dict_from_hf, state_dict_to_hf
+from llama_model.host_reads import count_host_reads
 from llama_model.kernels import backend as kernel_backend
 from llama_model.loss import IGNORE_INDEX, causal_lm_loss, count_valid_tokens, token_loss_sum
 from llama_model.model import LlamaForCausalLM
@@ -24,6 +25,7 @@ __all__ = [
     "causal_lm_loss",
     "check_backend_support",
     "check_static_supported",
+    "count_host_reads",
     "count_valid_tokens",
     "kernel_backend",
     "kernels",
