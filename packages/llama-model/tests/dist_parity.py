@@ -58,6 +58,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--strategy", default="dp1")
     ap.add_argument("--schedule", default="1F1B")
+    ap.add_argument("--virtual-pp-degree", type=int, default=1, help="chunks per rank under VPP")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers of the tiny config")
     ap.add_argument("--micro-batches", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--clip", type=float, default=0.5, help="0: no clipping")
@@ -74,7 +76,7 @@ def main():
     ap.add_argument("--compute-dtype", default="float32", help="float32 or bfloat16 (autocast)")
     args = ap.parse_args()
 
-    cfg = preset("tiny")
+    cfg = preset("tiny", num_hidden_layers=args.layers)
     stage_layers = (
         tuple(int(n) for n in args.stage_layers.split(",")) if args.stage_layers else None
     )
@@ -82,6 +84,7 @@ def main():
         args.strategy,
         micro_batches=args.micro_batches,
         schedule=args.schedule,
+        virtual_pp_degree=args.virtual_pp_degree,
         stage_layers=stage_layers,
         sequence_parallel=args.sequence_parallel,
         sharding_stage=args.sharding_stage,

@@ -135,6 +135,7 @@ LAYOUTS = [
     pytest.param(
         "dp2mp2pp2", 8, ["--strategy", "pp2dp2mp2", "--schedule", "1F1B"], id="dp2mp2pp2-1F1B"
     ),
+    pytest.param("dp2pp2", 4, ["--strategy", "dp2pp2"], id="dp2pp2-1F1B"),
 ]
 
 
@@ -142,6 +143,11 @@ LAYOUTS = [
 @pytest.mark.parametrize(("name", "nprocs", "args"), LAYOUTS)
 def test_layout_matches_single_process(runs, reference, name, nprocs, args):
     ref_records, ref_params, _ = reference
+    if "--layers" in args:
+        layers = args[args.index("--layers") + 1]
+        ref_out = runs(f"single-{layers}L", 1, "--strategy", "dp1", "--layers", layers)
+        ref_records = json.loads((ref_out / "losses.json").read_text())["ranks"][0]
+        ref_params = _merged(ref_out / "ckpt")
     out = runs(name, nprocs, *args)
     seen = json.loads((out / "losses.json").read_text())["ranks"]
     assert len(seen) == nprocs

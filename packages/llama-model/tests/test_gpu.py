@@ -1,6 +1,6 @@
 """The GPU path against float32 references (``pytest -m gpu`` / ``nox -s tests_gpu``; deselected
-otherwise): sequence parallelism, ZeRO sharding, the pipeline schedules over NCCL, the compiled
-step and bf16 autocast, each trained with tests/dist_parity.py on the tiny config.
+otherwise): sequence parallelism, ZeRO sharding, the pipeline schedules over NCCL (pp > 2 and the
+interleaved VPP schedule, which gloo cannot run), the compiled step and bf16 autocast, each trained with tests/dist_parity.py on the tiny config.
 
 Every multi-GPU comparison runs at the largest of its 2/4/8-GPU layouts the machine holds and says
 which (printed, and in the assertion messages). Without a CUDA build of Paddle, or with fewer than 2
@@ -26,7 +26,8 @@ FP32 = {"NVIDIA_TF32_OVERRIDE": "0"}
 LAYOUTS = {
     "sequence_parallel": {2: "mp2", 4: "dp2mp2", 8: "dp2mp2pp2"},
     "sharding": {2: "dp2", 4: "dp4", 8: "dp4mp2"},
-    "pipeline": {2: "pp2", 4: "dp2pp2", 8: "dp2mp2pp2"},
+    "pipeline": {2: "pp2", 4: "pp4", 8: "dp2pp4"},
+    "vpp": {2: "pp2", 4: "pp4", 8: "dp2mp2pp2"},
     "to_static": {2: "mp2", 4: "dp2mp2", 8: "dp2mp2"},
 }
 
@@ -104,6 +105,17 @@ def test_1f1b_over_nccl_equals_fthenb(tmp_path):
     ref = _run(tmp_path / "fthenb", n, *args, "--schedule", "FThenB", env=FP32, gpus=True)
     out = _run(tmp_path / "1f1b", n, *args, "--schedule", "1F1B", env=FP32, gpus=True)
     _assert_same_training(out, ref, note)
+
+
+def test_vpp_equals_1f1b(tmp_path):
+    """The interleaved schedule (two chunks per rank: r and r + pp) trains as 1F1B; 8 layers, so
+    that pp4 has a layer per chunk. (On CPU, gloo's blocking p2p deadlocks on its order: refused.)"""
+    strategy, n, note = _layout("vpp")
+    args = ("--strategy", strategy, "--micro-batches", "4", "--layers", "8")
+    ref = _run(tmp_path / "1f1b", n, *args, "--schedule", "1F1B", env=FP32, gpus=True)
+    out = _run(tmp_path / "vpp", n, *args, "--schedule", "VPP", "--virtual-pp-degree", "2",
+               env=FP32, gpus=True)  # fmt: skip
+    _assert_same_training(out, ref, f"{note}, VPP2")
 
 
 def test_compiled_step_equals_eager_step(tmp_path):

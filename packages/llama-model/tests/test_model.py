@@ -213,3 +213,37 @@ def test_gradient_norm_reads_the_device_once():
         got = pm.grad_norm()
     assert reads == ["numpy"], reads
     assert abs(got - want) <= 1e-12 * want, (got, want)
+
+
+def test_vpp_chunks_chained_in_pipeline_order_equal_the_whole_model():
+    """pp2 × VPP2 on 4 layers: stage 0 holds layers 0 and 2 (chunks 0, 2), stage 1 layers 1 and 3;
+    the chunk views, run in pipeline order, give the whole model's logits and gradients (one
+    process: the chunks' placement and parameter sharing, without the schedule)."""
+    from llama_model import Strategy
+    from llama_model.pipeline import PipelineChunk, build_stage
+
+    config = preset("tiny")
+    strategy = Strategy(pp=2, schedule="VPP", virtual_pp_degree=2, micro_batches=2)
+    stages = [build_stage(config, strategy, s) for s in range(2)]
+    assert [s.layer_ids for s in stages] == [[0, 2], [1, 3]]
+    for s in stages:
+        s.init_weights(0)
+    layers = strategy.chunk_layers(config.num_hidden_layers)
+    chunks = [
+        PipelineChunk(stages[c % 2], layers[c], c == 0, c == strategy.chunks - 1)
+        for c in range(strategy.chunks)
+    ]
+    whole = LlamaForCausalLM(config)
+    whole.init_weights(0)
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 16)))
+    x = ids
+    for chunk in chunks:
+        x = chunk(x)
+    want = whole(ids)
+    np.testing.assert_allclose(x.numpy(), want.numpy(), rtol=0, atol=1e-6)
+    x.sum().backward()
+    want.sum().backward()
+    grads = {n: p.grad.numpy() for s in stages for n, p in s.named_parameters()}
+    assert sorted(grads) == sorted(n for n, _ in whole.named_parameters())
+    for name, param in whole.named_parameters():
+        np.testing.assert_allclose(grads[name], param.grad.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)

@@ -17,6 +17,12 @@ cpu_only = pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="CPU-build 
         (Strategy(), "bfloat16", "bfloat16 compute needs a GPU"),
         (Strategy(mp=2, sequence_parallel=True), "float32", "sequence_parallel needs a GPU"),
         (Strategy(dp=2, sharding_stage=2), "float32", "sharding_stage 2 needs a GPU"),
+        (
+            Strategy(pp=2, schedule="VPP", virtual_pp_degree=2, micro_batches=2),
+            "float32",
+            "the VPP schedule needs a GPU",
+        ),
+        (Strategy(pp=4), "float32", "pp4 needs a GPU"),
     ],
 )
 def test_gpu_only_paths_refuse_on_cpu(strategy, dtype, message):
@@ -88,9 +94,9 @@ def test_gpu_suite_fails_in_one_line_per_test_without_a_gpu():
     gpu = subprocess.run([*cmd, "-m", "gpu"], capture_output=True, text=True, timeout=120, env=env)
     assert gpu.returncode == 1, gpu.stdout[-2000:]
     failures = [line for line in gpu.stdout.splitlines() if line.startswith("FAILED ")]
-    assert len(failures) == 7, gpu.stdout[-3000:]  # SP, sharding 1/2/3, pipeline, static, bf16
+    assert len(failures) == 8, gpu.stdout[-3000:]  # SP, sharding 1/2/3, pipeline, VPP, static, bf16
     line = "GPU tests need a CUDA build of Paddle (paddlepaddle-gpu); this Paddle is CPU-only"
     assert all(f.endswith(f" - Failed: {line}") for f in failures), failures
-    assert "Traceback" not in gpu.stdout and "7 failed" in gpu.stdout
+    assert "Traceback" not in gpu.stdout and "8 failed" in gpu.stdout
     plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 5 and "7 deselected" in plain.stdout, plain.stdout[-2000:]
+    assert plain.returncode == 5 and "8 deselected" in plain.stdout, plain.stdout[-2000:]

@@ -76,3 +76,39 @@ def test_gpu_only_options_need_their_axis():
         Strategy(mp=2, sharding_stage=1)
     with pytest.raises(LlamaModelError, match="needs mp > 1"):
         Strategy(dp=2, sequence_parallel=True)
+
+
+def test_vpp_chunks_are_interleaved_over_the_stages():
+    s = Strategy(pp=2, schedule="VPP", virtual_pp_degree=2, micro_batches=4)
+    assert s.chunks == 4 and s.stage_chunks(0) == [0, 2] and s.stage_chunks(1) == [1, 3]
+    assert [list(r) for r in s.chunk_layers(8)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert s.layer_split(8) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    s.validate(preset("tiny"))  # 4 layers, 4 chunks of one
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"pp": 1, "schedule": "VPP", "virtual_pp_degree": 2}, "needs pp > 1"),
+        ({"pp": 2, "schedule": "VPP", "virtual_pp_degree": 1}, "needs virtual_pp_degree ≥ 2"),
+        ({"pp": 2, "schedule": "1F1B", "virtual_pp_degree": 2}, "needs the VPP schedule"),
+        (
+            {"pp": 2, "schedule": "VPP", "virtual_pp_degree": 2, "micro_batches": 3},
+            "micro-batches (3) to be a multiple of pp2",
+        ),
+        (
+            {"pp": 2, "schedule": "VPP", "virtual_pp_degree": 2, "micro_batches": 2,
+             "stage_layers": (1, 3)},
+            "stage_layers applies to FThenB/1F1B",
+        ),
+    ],
+)  # fmt: skip
+def test_vpp_refusals(fields, message):
+    with pytest.raises(LlamaModelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Strategy(**fields)
+
+
+def test_vpp_chunks_must_split_the_layers():
+    s = Strategy(pp=2, schedule="VPP", virtual_pp_degree=3, micro_batches=2)
+    with pytest.raises(LlamaModelError, match="6 chunks do not split num_hidden_layers"):
+        s.validate(preset("tiny"))

@@ -32,7 +32,7 @@ from llama_model._paddle import no_strided_views, paddle
 from llama_model.config import LlamaConfig
 from llama_model.errors import LlamaModelError
 from llama_model.loss import IGNORE_INDEX, ScaledTokenLoss, count_valid_tokens, token_loss_sum
-from llama_model.pipeline import build_stage, make_schedule, pipeline_groups
+from llama_model.pipeline import build_stage, last_stage_outputs, make_schedule, pipeline_groups
 from llama_model.strategy import MESH_DIMS, Strategy
 
 dist = paddle.distributed
@@ -79,6 +79,18 @@ def check_backend_support(
     if strategy.sequence_parallel:
         raise LlamaModelError(
             "sequence_parallel needs a GPU: it reduce-scatters activations, which Paddle 3.3.1 lacks on CPU"
+        )
+    # Gloo's send blocks until the matching receive is posted; the pipelining schedules were written
+    # for NCCL's asynchronous p2p. gloo_compat orders each batch per peer, which serves pp2 (FThenB,
+    # 1F1B). The interleaved schedule sends in both directions between one pair of ranks in one step,
+    # and pp4 fails to create its groups or deadlocks: both were tried and time out on gloo.
+    if strategy.schedule == "VPP":
+        raise LlamaModelError(
+            "the VPP schedule needs a GPU: over gloo (CPU) Paddle 3.3.1's blocking p2p deadlocks on its interleaved order"
+        )
+    if strategy.pp > 2:
+        raise LlamaModelError(
+            f"pp{strategy.pp} needs a GPU: over gloo (CPU) Paddle 3.3.1's pipelines beyond two stages fail to connect or deadlock"
         )
     if strategy.sharding_stage:
         raise LlamaModelError(
@@ -289,7 +301,7 @@ class ParallelModel:
         # Split the labels exactly as the schedule split the inputs (and splits training targets):
         # a dp-sharded batch is cut within each rank's local rows, not along the global rows.
         chunks = _split_tensor(self._place(labels), self.strategy.micro_batches)
-        outputs = schedule._stage.output_chunks
+        outputs = last_stage_outputs(schedule)
         return paddle.add_n(
             [_local_scalar(token_loss_sum(out, lab)) for out, lab in zip(outputs, chunks)]
         )

@@ -5,6 +5,11 @@ of decoder layers, the embedding on the first stage, the final norm and head on 
 through ``paddle.distributed.auto_parallel.pipelining`` (``PipelineStage`` + ``ScheduleFThenB`` /
 ``Schedule1F1B``) over one point-to-point group per (dp, mp) coordinate.
 
+Under the interleaved schedule (VPP, ``ScheduleVPP``) the layers are cut into pp × v chunks and rank r
+runs chunks r, r + pp, ...: its stage module still holds all of its layers (under their full-model
+names, for checkpoints and the optimizer), and each chunk is a ``PipelineChunk`` view that runs a
+slice of them with the same parameters.
+
 The schedules add up the loss_fn results of the micro-batches without dividing by their number; the
 loss_fn used here (``loss.ScaledTokenLoss``) already divides each micro-batch's token-loss sum by the
 number of valid tokens in the whole global batch, so the accumulated gradient is that of the global
@@ -48,12 +53,70 @@ def pipeline_groups(mesh) -> dict[tuple[int, int], object]:
     return dict(zip(coords, groups))
 
 
+class PipelineChunk(paddle.nn.Layer):
+    """One VPP chunk of a stage module: some of its decoder layers, with the embedding on the first
+    chunk and the final norm and head on the last, sharing the stage module's parameters."""
+
+    def __init__(self, stage_module, layer_ids, first: bool, last: bool):
+        super().__init__()
+        llama = stage_module.llama
+        self.embed_tokens = llama.embed_tokens if first else None
+        self.layers = paddle.nn.LayerList([llama.layers[str(i)] for i in layer_ids])
+        self.norm = llama.norm if last else None
+        self.lm_head = stage_module.lm_head if last else None
+        self.rotary_emb = llama.rotary_emb
+
+    def forward(self, x):
+        if self.embed_tokens is not None:
+            x = self.embed_tokens(x)
+        cos, sin = self.rotary_emb(x.shape[1])
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        if self.norm is not None:
+            x = self.lm_head(self.norm(x))
+        return x
+
+
+def _forward_only(schedule, stages):
+    # The schedule calls loss_fn once while sizing its buffers, even without a backward pass;
+    # a no-op loss plus has_backward=False gives a forward-only schedule.
+    schedule._has_backward = False
+    for stage in stages:
+        stage.has_backward = False
+    return schedule
+
+
+def last_stage_outputs(schedule) -> list:
+    """The last chunk's per-micro-batch outputs of a forward-only schedule (on the last stage)."""
+    stages = getattr(schedule, "_stages", None) or [schedule._stage]
+    return next(stage.output_chunks for stage in stages if stage.is_last)
+
+
 def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=None):
-    """The training schedule (with ``loss_fn``), or, without one, a forward-only FThenB schedule
-    whose last stage keeps each micro-batch's output (evaluation)."""
-    from paddle.distributed.auto_parallel.pipelining.schedules import Schedule1F1B, ScheduleFThenB
+    """The training schedule (with ``loss_fn``), or, without one, a forward-only schedule whose last
+    stage keeps each micro-batch's output (evaluation): FThenB, or VPP's own under VPP."""
+    from paddle.distributed.auto_parallel.pipelining.schedules import (
+        Schedule1F1B,
+        ScheduleFThenB,
+        ScheduleVPP,
+    )
     from paddle.distributed.auto_parallel.pipelining.stage import PipelineStage
 
+    if strategy.schedule == "VPP":
+        layers = strategy.chunk_layers(stage_module.config.num_hidden_layers)
+        stages = [
+            PipelineStage(
+                PipelineChunk(stage_module, layers[c], c == 0, c == strategy.chunks - 1),
+                c,
+                strategy.chunks,
+                group=group,
+            )
+            for c in strategy.stage_chunks(stage)
+        ]
+        if loss_fn is None:
+            schedule = ScheduleVPP(stages, strategy.micro_batches, loss_fn=lambda out, t: None)
+            return _forward_only(schedule, stages)
+        return ScheduleVPP(stages, n_microbatches=strategy.micro_batches, loss_fn=loss_fn)
     pipeline_stage = PipelineStage(stage_module, stage, strategy.pp, group=group)
     if loss_fn is None:
         # The schedule calls loss_fn once while sizing its buffers, even without a backward pass;
@@ -61,7 +124,6 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
         schedule = ScheduleFThenB(
             pipeline_stage, strategy.micro_batches, loss_fn=lambda out, target: None
         )
-        schedule._has_backward = pipeline_stage.has_backward = False
-        return schedule
+        return _forward_only(schedule, [pipeline_stage])
     schedule_cls = {"FThenB": ScheduleFThenB, "1F1B": Schedule1F1B}[strategy.schedule]
     return schedule_cls(pipeline_stage, n_microbatches=strategy.micro_batches, loss_fn=loss_fn)

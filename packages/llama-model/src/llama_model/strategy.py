@@ -13,7 +13,7 @@ from llama_model.config import LlamaConfig
 from llama_model.errors import LlamaModelError
 
 MESH_DIMS = ("pp", "dp", "mp")
-SCHEDULES = ("FThenB", "1F1B")
+SCHEDULES = ("FThenB", "1F1B", "VPP")
 _TOKEN = re.compile(r"(dp|mp|pp)(\d+)")
 
 
@@ -24,6 +24,9 @@ class Strategy:
     pp: int = 1
     micro_batches: int = 1  # gradient accumulation: micro-batches per optimizer step
     schedule: str = "1F1B"  # pipeline schedule when pp > 1
+    # VPP (interleaved): each rank runs this many non-adjacent chunks of layers (rank r: chunks r,
+    # r + pp, ...), which shrinks the pipeline bubble by that factor
+    virtual_pp_degree: int = 1
     # Decoder layers per stage; None splits them as evenly as possible (earlier stages take the extra).
     stage_layers: tuple[int, ...] | None = None
     # GPU only in Paddle 3.3.1 (both need reduce-scatter, which the CPU build lacks):
@@ -35,7 +38,7 @@ class Strategy:
     )
 
     def __post_init__(self) -> None:
-        for name in ("dp", "mp", "pp", "micro_batches"):
+        for name in ("dp", "mp", "pp", "micro_batches", "virtual_pp_degree"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise LlamaModelError(f"{name} must be a positive integer, got {value!r}")
@@ -51,6 +54,27 @@ class Strategy:
             raise LlamaModelError("sharding_stage shards over dp and needs dp > 1")
         if self.sequence_parallel and self.mp == 1:
             raise LlamaModelError("sequence_parallel splits over mp and needs mp > 1")
+        if self.schedule == "VPP":
+            if self.pp == 1:
+                raise LlamaModelError(
+                    "the VPP schedule interleaves pipeline stages and needs pp > 1"
+                )
+            if self.virtual_pp_degree < 2:
+                raise LlamaModelError(
+                    "the VPP schedule needs virtual_pp_degree ≥ 2 (chunks per rank)"
+                )
+            if self.micro_batches % self.pp:
+                raise LlamaModelError(
+                    f"the VPP schedule needs micro-batches ({self.micro_batches}) to be a multiple of pp{self.pp}"
+                )
+            if self.stage_layers is not None:
+                raise LlamaModelError(
+                    "stage_layers applies to FThenB/1F1B; VPP splits the layers evenly over pp × virtual_pp_degree chunks"
+                )
+        elif self.virtual_pp_degree != 1:
+            raise LlamaModelError(
+                f"virtual_pp_degree {self.virtual_pp_degree} needs the VPP schedule (schedule is {self.schedule})"
+            )
         if self.stage_layers is not None:
             object.__setattr__(self, "stage_layers", tuple(int(n) for n in self.stage_layers))
             if len(self.stage_layers) != self.pp:
@@ -127,6 +151,12 @@ class Strategy:
             raise LlamaModelError(
                 f"pp{self.pp} exceeds num_hidden_layers ({config.num_hidden_layers})"
             )
+        chunks = self.pp * self.virtual_pp_degree
+        if self.schedule == "VPP" and config.num_hidden_layers % chunks:
+            raise LlamaModelError(
+                f"VPP: pp{self.pp} × virtual_pp_degree {self.virtual_pp_degree} = {chunks} chunks "
+                f"do not split num_hidden_layers ({config.num_hidden_layers}) evenly"
+            )
         if self.stage_layers is not None and sum(self.stage_layers) != config.num_hidden_layers:
             raise LlamaModelError(
                 f"stage_layers {list(self.stage_layers)} sum to {sum(self.stage_layers)}, "
@@ -145,8 +175,28 @@ class Strategy:
                 f"global batch {global_batch} is not divisible by dp{self.dp} × {self.micro_batches} micro-batches"
             )
 
-    def layer_split(self, num_layers: int) -> list[range]:
-        """The global decoder-layer indices of each pipeline stage."""
+    @property
+    def chunks(self) -> int:
+        """Pipeline chunks in all: pp, or pp × virtual_pp_degree under VPP."""
+        return self.pp * self.virtual_pp_degree
+
+    def stage_chunks(self, stage: int) -> list[int]:
+        """The chunks stage ``stage`` runs, in pipeline order: stage, stage + pp, ..."""
+        return list(range(stage, self.chunks, self.pp))
+
+    def chunk_layers(self, num_layers: int) -> list[range]:
+        """The global decoder-layer indices of each chunk (VPP: an even split over all chunks)."""
+        if self.virtual_pp_degree == 1:
+            return self.layer_split(num_layers)
+        per_chunk = num_layers // self.chunks
+        return [range(c * per_chunk, (c + 1) * per_chunk) for c in range(self.chunks)]
+
+    def layer_split(self, num_layers: int) -> list:
+        """The global decoder-layer indices of each pipeline stage (under VPP, every layer of the
+        stage's chunks: not contiguous)."""
+        if self.virtual_pp_degree > 1:
+            chunks = self.chunk_layers(num_layers)
+            return [[i for c in self.stage_chunks(s) for i in chunks[c]] for s in range(self.pp)]
         if self.stage_layers is not None:
             counts = list(self.stage_layers)
         else:

@@ -53,6 +53,7 @@ def strategy_of(cfg: RunConfig) -> Strategy:
             cfg.strategy,
             micro_batches=cfg.accumulation,
             schedule=cfg.pp_schedule,
+            virtual_pp_degree=cfg.virtual_pp_degree,
             sequence_parallel=cfg.sequence_parallel,
             sharding_stage=cfg.sharding_stage,
         )

@@ -24,7 +24,7 @@ from llama_train.errors import TrainError
 
 AMP_CHOICES = ("off", "bf16", "fp16")
 DECAY_CHOICES = ("linear", "cosine", "constant")
-SCHEDULE_CHOICES = ("1F1B", "FThenB")
+SCHEDULE_CHOICES = ("1F1B", "FThenB", "VPP")
 RECOMPUTE_CHOICES = ("full", "attention")
 CONFIG_FORMAT = 1
 
@@ -156,6 +156,14 @@ class RunConfig:
     # ------------------------------------------------------------------------ parallel, compute
     pp_schedule: str = field(
         default="1F1B", metadata=_meta("Pipeline schedule when pp > 1.", choices=SCHEDULE_CHOICES)
+    )
+    virtual_pp_degree: int = field(
+        default=1,
+        metadata=_meta(
+            "Chunks of layers per pipeline rank under --pp-schedule VPP (interleaved: rank r runs "
+            "chunks r, r+pp, ...); needs the layers to split evenly into pp × this many chunks.",
+            min=1,
+        ),
     )
     sequence_parallel: bool = field(
         default=False,
