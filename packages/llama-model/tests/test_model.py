@@ -246,4 +246,6 @@ def test_vpp_chunks_chained_in_pipeline_order_equal_the_whole_model():
     grads = {n: p.grad.numpy() for s in stages for n, p in s.named_parameters()}
     assert sorted(grads) == sorted(n for n, _ in whole.named_parameters())
     for name, param in whole.named_parameters():
-        np.testing.assert_allclose(grads[name], param.grad.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            grads[name], param.grad.numpy(), rtol=1e-5, atol=1e-7, err_msg=name
+        )

@@ -32,6 +32,9 @@ def base(tiny_corpus, tmp_path):
     ]
 
 
+PP2_VPP = ["--strategy", "pp2", "--pp-schedule", "VPP", "--virtual-pp-degree", "2"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -59,56 +62,12 @@ def base(tiny_corpus, tmp_path):
             "--to-static runs the global batch as one micro-batch",
         ),
         (["--to-static", "--strategy", "pp2"], "to_static does not support pp > 1"),
-        (
-            ["--pp-schedule", "VPP", "--virtual-pp-degree", "2"],
-            "VPP schedule interleaves pipeline stages and needs pp > 1",
-        ),
+        (["--pp-schedule", "VPP", "--virtual-pp-degree", "2"], "stages and needs pp > 1"),
         (["--strategy", "pp2", "--pp-schedule", "VPP"], "needs virtual_pp_degree ≥ 2"),
-        (
-            ["--strategy", "pp2", "--virtual-pp-degree", "2"],
-            "needs the VPP schedule (schedule is 1F1B)",
-        ),
-        (
-            [
-                "--strategy",
-                "pp2",
-                "--pp-schedule",
-                "VPP",
-                "--virtual-pp-degree",
-                "3",
-                "--grad-accum",
-                "2",
-            ],
-            "6 chunks do not split num_hidden_layers (4)",
-        ),
-        (
-            [
-                "--strategy",
-                "pp2",
-                "--pp-schedule",
-                "VPP",
-                "--virtual-pp-degree",
-                "2",
-                "--micro-batch-size",
-                "2",
-                "--global-batch-size",
-                "6",
-            ],
-            "micro-batches (3) to be a multiple of pp2",
-        ),
-        (
-            [
-                "--strategy",
-                "pp2",
-                "--pp-schedule",
-                "VPP",
-                "--virtual-pp-degree",
-                "2",
-                "--grad-accum",
-                "2",
-            ],
-            "the VPP schedule needs a GPU",
-        ),
+        (["--strategy", "pp2", "--virtual-pp-degree", "2"], "needs the VPP schedule"),
+        ([*PP2_VPP[:-1], "3", "--grad-accum", "2"], "6 chunks do not split num_hidden_layers"),
+        ([*PP2_VPP, "--micro-batch-size", "2", "--global-batch-size", "6"], "multiple of pp2"),
+        ([*PP2_VPP, "--grad-accum", "2"], "the VPP schedule needs a GPU"),
         (["--strategy", "pp4"], "pp4 needs a GPU"),
         (["--resume", "/nonexistent/ckpt"], "no such checkpoint directory"),
         (["--model-config", "nosuchpreset"], "neither a preset"),
