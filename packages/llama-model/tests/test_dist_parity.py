@@ -119,6 +119,7 @@ def test_single_process_matches_golden_losses(reference):
     assert min(r["grad_norm"] for r in reference[0] if "grad_norm" in r) > 0.5
 
 
+VPP2 = ["--schedule", "VPP", "--virtual-pp-degree", "2"]
 LAYOUTS = [
     pytest.param("dp2", 2, ["--strategy", "dp2"], id="dp2"),
     pytest.param("mp2", 2, ["--strategy", "mp2"], id="mp2"),
@@ -136,6 +137,15 @@ LAYOUTS = [
         "dp2mp2pp2", 8, ["--strategy", "pp2dp2mp2", "--schedule", "1F1B"], id="dp2mp2pp2-1F1B"
     ),
     pytest.param("dp2pp2", 4, ["--strategy", "dp2pp2"], id="dp2pp2-1F1B"),
+    # more than two stages, and the interleaved schedule (rank r runs chunks r, r + pp, ...): over
+    # gloo their p2p goes through the TCPStore (gloo_compat.StoreP2P)
+    pytest.param("pp4", 4, ["--strategy", "pp4"], id="pp4-1F1B"),
+    pytest.param("dp2pp4", 8, ["--strategy", "dp2pp4"], id="dp2pp4-1F1B"),
+    pytest.param("pp2-vpp2", 2, ["--strategy", "pp2", *VPP2], id="pp2-VPP2"),
+    pytest.param("mp2pp2-vpp2", 4, ["--strategy", "mp2pp2", *VPP2], id="mp2pp2-VPP2"),
+    pytest.param("dp2mp2pp2-vpp2", 8, ["--strategy", "dp2mp2pp2", *VPP2], id="dp2mp2pp2-VPP2"),
+    # pp4 × VPP2 is 8 chunks: the tiny config with 8 layers, against its own one-process run
+    pytest.param("pp4-vpp2", 4, ["--strategy", "pp4", *VPP2, "--layers", "8"], id="pp4-VPP2-8L"),
 ]
 
 
@@ -187,6 +197,34 @@ def _init_params():
 def test_dp2mp2pp2_checkpoint_loads_under_other_layouts(runs, tmp_path, nprocs, strategy):
     saved = runs("dp2mp2pp2", 8, "--strategy", "pp2dp2mp2", "--schedule", "1F1B") / "ckpt"
     out = _run(tmp_path / strategy, nprocs, "--strategy", strategy, "--load", str(saved))
+    loaded = np.load(out / "loaded.npz")
+    expected = {k: v for k, v in _merged(saved).items() if k.startswith("model.")}
+    assert sorted(loaded.files) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        (
+            ("pp2-vpp2", 2, ["--strategy", "pp2", *VPP2]),
+            ["--strategy", "pp2", "--schedule", "1F1B"],
+        ),
+        (
+            ("pp2-1f1b", 2, ["--strategy", "pp2", "--schedule", "1F1B"]),
+            ["--strategy", "pp2", *VPP2],
+        ),
+    ],
+    ids=["VPP-to-1F1B", "1F1B-to-VPP"],
+)
+def test_checkpoints_move_between_vpp_and_1f1b(runs, tmp_path, source, target):
+    """A VPP rank holds non-adjacent layers under their full-model names: its checkpoint loads into
+    a 1F1B layout (each rank a contiguous range), and a 1F1B checkpoint into VPP, value for value."""
+    name, nprocs, args = source
+    saved = runs(name, nprocs, *args) / "ckpt"
+    out = _run(tmp_path / "load", 2, *target, "--load", str(saved))
     loaded = np.load(out / "loaded.npz")
     expected = {k: v for k, v in _merged(saved).items() if k.startswith("model.")}
     assert sorted(loaded.files) == sorted(expected)

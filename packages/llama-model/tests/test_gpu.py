@@ -1,6 +1,6 @@
 """The GPU path against float32 references (``pytest -m gpu`` / ``nox -s tests_gpu``; deselected
-otherwise): sequence parallelism, ZeRO sharding, the pipeline schedules over NCCL (pp > 2 and the
-interleaved VPP schedule, which gloo cannot run), the compiled step and bf16 autocast, each trained with tests/dist_parity.py on the tiny config.
+otherwise): sequence parallelism, ZeRO sharding, the pipeline schedules over NCCL (pp4 and the
+interleaved VPP schedule over NCCL's own p2p, not the CPU build's store transport), the compiled step and bf16 autocast, each trained with tests/dist_parity.py on the tiny config.
 
 Every multi-GPU comparison runs at the largest of its 2/4/8-GPU layouts the machine holds and says
 which (printed, and in the assertion messages). Without a CUDA build of Paddle, or with fewer than 2
@@ -109,7 +109,7 @@ def test_1f1b_over_nccl_equals_fthenb(tmp_path):
 
 def test_vpp_equals_1f1b(tmp_path):
     """The interleaved schedule (two chunks per rank: r and r + pp) trains as 1F1B; 8 layers, so
-    that pp4 has a layer per chunk. (On CPU, gloo's blocking p2p deadlocks on its order: refused.)"""
+    that pp4 has a layer per chunk. Over NCCL's asynchronous p2p (on CPU the store carries it)."""
     strategy, n, note = _layout("vpp")
     args = ("--strategy", strategy, "--micro-batches", "4", "--layers", "8")
     ref = _run(tmp_path / "1f1b", n, *args, "--schedule", "1F1B", env=FP32, gpus=True)

@@ -17,12 +17,6 @@ cpu_only = pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="CPU-build 
         (Strategy(), "bfloat16", "bfloat16 compute needs a GPU"),
         (Strategy(mp=2, sequence_parallel=True), "float32", "sequence_parallel needs a GPU"),
         (Strategy(dp=2, sharding_stage=2), "float32", "sharding_stage 2 needs a GPU"),
-        (
-            Strategy(pp=2, schedule="VPP", virtual_pp_degree=2, micro_batches=2),
-            "float32",
-            "the VPP schedule needs a GPU",
-        ),
-        (Strategy(pp=4), "float32", "pp4 needs a GPU"),
     ],
 )
 def test_gpu_only_paths_refuse_on_cpu(strategy, dtype, message):

@@ -67,8 +67,10 @@ PP2_VPP = ["--strategy", "pp2", "--pp-schedule", "VPP", "--virtual-pp-degree", "
         (["--strategy", "pp2", "--virtual-pp-degree", "2"], "needs the VPP schedule"),
         ([*PP2_VPP[:-1], "3", "--grad-accum", "2"], "6 chunks do not split num_hidden_layers"),
         ([*PP2_VPP, "--micro-batch-size", "2", "--global-batch-size", "6"], "multiple of pp2"),
-        ([*PP2_VPP, "--grad-accum", "2"], "the VPP schedule needs a GPU"),
-        (["--strategy", "pp4"], "pp4 needs a GPU"),
+        (
+            ["--to-static", *PP2_VPP, "--grad-accum", "2"],
+            "--to-static runs the global batch as one",
+        ),
         (["--resume", "/nonexistent/ckpt"], "no such checkpoint directory"),
         (["--model-config", "nosuchpreset"], "neither a preset"),
     ],

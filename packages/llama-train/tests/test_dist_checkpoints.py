@@ -140,3 +140,23 @@ def test_compiled_dp2_equals_eager_dp2(tiny_corpus, tmp_path):
     for step in want:
         assert abs(got[step]["loss"] - want[step]["loss"]) <= 1e-5, step
         assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= 1e-5, step
+
+
+def test_vpp_run_resumes_as_1f1b(tiny_corpus, tmp_path):
+    """pp2 × VPP2 through the CLI (rank 0 runs layers 0 and 2, rank 1 layers 1 and 3), saved at
+    step 2 and resumed from there under 1F1B (each rank two adjacent layers): steps 3 and 4 equal
+    the VPP run's, weights and AdamW moments carried over under their full-model names."""
+    a, b = tmp_path / "vpp", tmp_path / "1f1b"
+    common = [*TINY, "--data", tiny_corpus, "--strategy", "pp2", "--micro-batch-size", "2",
+              "--global-batch-size", "8", "--max-steps", "4", "--keep-last", "0"]  # fmt: skip
+    result = run_cli([*common, "--output", a, "--pp-schedule", "VPP", "--virtual-pp-degree", "2",
+                      "--save-every", "2"], timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_cli(
+        [*common, "--output", b, "--resume", a / "checkpoints" / "step-00000002"], timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ref, got = losses(a), losses(b)
+    assert sorted(got) == [3, 4] and sorted(ref) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert abs(got[step] - ref[step]) <= 1e-5, (step, got[step], ref[step])

@@ -80,18 +80,7 @@ def check_backend_support(
         raise LlamaModelError(
             "sequence_parallel needs a GPU: it reduce-scatters activations, which Paddle 3.3.1 lacks on CPU"
         )
-    # Gloo's send blocks until the matching receive is posted; the pipelining schedules were written
-    # for NCCL's asynchronous p2p. gloo_compat orders each batch per peer, which serves pp2 (FThenB,
-    # 1F1B). The interleaved schedule sends in both directions between one pair of ranks in one step,
-    # and pp4 fails to create its groups or deadlocks: both were tried and time out on gloo.
-    if strategy.schedule == "VPP":
-        raise LlamaModelError(
-            "the VPP schedule needs a GPU: over gloo (CPU) Paddle 3.3.1's blocking p2p deadlocks on its interleaved order"
-        )
-    if strategy.pp > 2:
-        raise LlamaModelError(
-            f"pp{strategy.pp} needs a GPU: over gloo (CPU) Paddle 3.3.1's pipelines beyond two stages fail to connect or deadlock"
-        )
+
     if strategy.sharding_stage:
         raise LlamaModelError(
             f"sharding_stage {strategy.sharding_stage} needs a GPU: it reduce-scatters gradients, which Paddle 3.3.1 lacks on CPU"
@@ -170,7 +159,7 @@ class ParallelModel:
             if strategy.sequence_parallel:
                 plan.apply_sequence_parallel(module, layout.stage_mesh)
             if strategy.pp > 1:
-                group = pipeline_groups(mesh)[(dp_rank, mp_rank)]
+                group = pipeline_groups(mesh, strategy)[(dp_rank, mp_rank)]
                 schedule = make_schedule(module, strategy, stage, group, loss_fn)
         return cls(config, strategy, module, layout, loss_fn, schedule, group, compute_dtype)
 

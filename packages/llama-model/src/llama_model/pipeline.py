@@ -41,7 +41,12 @@ def build_stage(config: LlamaConfig, strategy: Strategy, stage: int, recompute: 
     )
 
 
-def pipeline_groups(mesh) -> dict[tuple[int, int], object]:
+def needs_buffered_p2p(strategy: Strategy) -> bool:
+    """Whether the schedule sends in an order that blocking gloo sends deadlock on (gloo_compat)."""
+    return strategy.schedule == "VPP" or strategy.pp > 2
+
+
+def pipeline_groups(mesh, strategy: Strategy) -> dict[tuple[int, int], object]:
     """One p2p group per (dp, mp) coordinate, joining that coordinate's ranks across stages.
 
     ``mesh.get_group("pp")`` would create only the caller's group, and disjoint gloo groups must be
@@ -49,7 +54,11 @@ def pipeline_groups(mesh) -> dict[tuple[int, int], object]:
     """
     ranks = np.array(mesh.mesh)  # [pp, dp, mp]
     coords = [(d, m) for d in range(ranks.shape[1]) for m in range(ranks.shape[2])]
-    groups = gloo_compat.new_groups_in_order([ranks[:, d, m].tolist() for d, m in coords])
+    rank_lists = [ranks[:, d, m].tolist() for d, m in coords]
+    if needs_buffered_p2p(strategy) and gloo_compat.is_gloo():
+        groups = gloo_compat.store_p2p_groups(rank_lists)
+    else:
+        groups = gloo_compat.new_groups_in_order(rank_lists)
     return dict(zip(coords, groups))
 
 
@@ -83,6 +92,14 @@ def _forward_only(schedule, stages):
     schedule._has_backward = False
     for stage in stages:
         stage.has_backward = False
+    order = getattr(schedule, "pipeline_order", None)
+    if order:  # a multi-stage schedule plans its backward actions whatever has_backward says
+        from paddle.distributed.auto_parallel.pipelining.schedules import _ActType
+
+        schedule.pipeline_order = {
+            rank: [a if a is None or a.computation_type == _ActType.FORWARD else None for a in acts]
+            for rank, acts in order.items()
+        }
     return schedule
 
 
@@ -102,6 +119,8 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
     )
     from paddle.distributed.auto_parallel.pipelining.stage import PipelineStage
 
+    if needs_buffered_p2p(strategy):
+        gloo_compat.use_store_p2p()  # no-op on NCCL
     if strategy.schedule == "VPP":
         layers = strategy.chunk_layers(stage_module.config.num_hidden_layers)
         stages = [
