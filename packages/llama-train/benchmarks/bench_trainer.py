@@ -13,6 +13,9 @@
    rounds alternated: config T in one process, under mp2 and under dp2mp2pp2 (8 processes; the
    kernels on each rank's shard of the dist tensors). Needs llama-ops installed
    (``nox -s bench`` installs it for this package); skipped with a line otherwise.
+5. The pipeline bubble: dp2pp2 (4 processes, tiny preset, 4 micro-batches per dp rank) under FThenB,
+   1F1B and VPP2 at equal global batch, rounds alternated, next to the textbook bubble fraction
+   (p-1)/(m+p-1) (divided by v for VPP). ``--only-pipeline`` runs it alone.
 
     python bench_trainer.py [--steps 12] [--warmup 3] [--repeats 2] [--skip-dist] [--threads 2]
 """
@@ -134,12 +137,14 @@ def timed_run(
     seq: int = 64,
     micro_batch: int = 2,
     env: dict | None = None,
+    extra: tuple = (),
 ) -> dict:
     """Runs the CLI (global batch 8); returns seconds to the first step line, the median logged
     step time and the kernels line of the run."""
     args = ["--strategy", strategy, "--model-config", model, "--tokenizer", "byte", "--data", data, "--output", str(out),
             "--seq-len", str(seq), "--micro-batch-size", str(micro_batch), "--global-batch-size", "8",
-            "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0", "--lr", "1e-3", "--split", "1"]  # fmt: skip
+            "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0", "--lr", "1e-3", "--split", "1",
+            *extra]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(
         [*_cli(), *args],
@@ -167,6 +172,40 @@ def timed_run(
         "total_s": time.perf_counter() - start,
         "kernels": kernels,
     }
+
+
+# (label, extra flags, virtual degree) of part 5, on dp2pp2 with 4 micro-batches per dp rank
+PIPELINE_SCHEDULES = (
+    ("FThenB", ("--pp-schedule", "FThenB"), 1),
+    ("1F1B", ("--pp-schedule", "1F1B"), 1),
+    ("VPP2", ("--pp-schedule", "VPP", "--virtual-pp-degree", "2"), 2),
+)
+
+
+def bench_pipeline(data: str, root: Path, steps: int, rounds: int, figures) -> None:
+    """The schedules' step times against the textbook bubble, alternated, median of the rounds."""
+    p, m = 2, 4  # stages; micro-batches per dp rank (global batch 8 = dp2 x micro-batch 1 x 4)
+    times: dict[str, list[float]] = {label: [] for label, _, _ in PIPELINE_SCHEDULES}
+    for rnd in range(rounds):
+        for label, flags, _ in PIPELINE_SCHEDULES:
+            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            out = root / f"pipe-{label}-{rnd}"
+            result = timed_run("dp2pp2", data, out, steps, micro_batch=1, env=env, extra=flags)
+            times[label].append(result["step_s"])
+    print(f"\nPipeline schedules, tiny preset, dp2pp2 (4 processes), seq 64, global batch 8 "
+          f"(p={p}, m={m} per dp rank), median of {rounds} alternated rounds")  # fmt: skip
+    print(f"{'schedule':10s} {'step ms':>9s} {'vs FThenB':>10s} {'textbook bubble':>16s}")
+    base = statistics.median(times["FThenB"])
+    for label, _, v in PIPELINE_SCHEDULES:
+        step = statistics.median(times[label])
+        bubble = (p - 1) / (m + p - 1) / v
+        print(f"{label:10s} {step * 1e3:9.1f} {base / step:9.2f}x {bubble:16.2f}")
+        if label != "FThenB":
+            figures.add("tiny preset, dp2pp2, seq 64, global batch 8, 4 micro-batches", "step time",
+                        "ms", f"llama-train {label}", step * 1e3, peer="llama-train FThenB",
+                        peer_value=base * 1e3, better="lower")  # fmt: skip
+    print("(4 processes on 2 cores: the stages share the cores, so the bubble's idle time is partly "
+          "filled by the other stages' work; on dedicated devices it is not)")  # fmt: skip
 
 
 # (label, strategy, model, seq, micro-batch, OMP threads per process)
@@ -222,6 +261,9 @@ def main() -> None:
     ap.add_argument("--kernel-steps", type=int, default=15, help="steps per run of part 4")
     ap.add_argument("--kernel-rounds", type=int, default=2, help="alternated rounds of part 4")
     ap.add_argument("--only-kernels", action="store_true", help="run part 4 alone")
+    ap.add_argument("--only-pipeline", action="store_true", help="run part 5 alone")
+    ap.add_argument("--pipeline-steps", type=int, default=20, help="steps per run of part 5")
+    ap.add_argument("--pipeline-rounds", type=int, default=2, help="alternated rounds of part 5")
     ap.add_argument(
         "--threads",
         type=int,
@@ -246,6 +288,9 @@ def main() -> None:
         data_bytes = _make_data(root, 256, 200_000)
         if args.only_kernels:
             bench_kernels(data_bytes, root, args.kernel_steps, args.kernel_rounds, figures)
+            return
+        if args.only_pipeline:
+            bench_pipeline(data_bytes, root, args.pipeline_steps, args.pipeline_rounds, figures)
             return
         data_t = _make_data(root, 8192, 400_000)
         bare, trainer, compiled = [], [], []
@@ -317,6 +362,7 @@ def main() -> None:
                         peer="llama-train, 1 process", peer_value=one[key], better=better)  # fmt: skip
 
         bench_kernels(data_bytes, root, args.kernel_steps, args.kernel_rounds, figures)
+        bench_pipeline(data_bytes, root, args.pipeline_steps, args.pipeline_rounds, figures)
 
 
 if __name__ == "__main__":

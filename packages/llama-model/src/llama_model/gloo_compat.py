@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 
 import numpy as np
 
@@ -109,41 +108,37 @@ def patch_pipeline_p2p_ordering() -> None:
 # directions between one pair of ranks within one step, in an order the peer does not mirror) or
 # more than two stages (a middle stage's two peers): both deadlock ("pair.cc TIMEOUT"). There the
 # schedules' p2p goes through the job's TCPStore instead: a send writes the tensor's bytes under a
-# key and returns, buffered as NCCL's isend is, and a receive waits for its key. Each directed pair
-# of ranks cycles through SLOTS keys; a counter per pair says how many messages were written, so a
-# receiver never reads a slot's previous message, and a sender waits for the receiver's count
-# before it overwrites a slot (the store has no delete: the slots bound its memory). Messages of
-# one directed pair arrive in the order they were sent, as over NCCL. Slower than gloo's p2p
-# (every byte goes through the store's host), so pp2 FThenB/1F1B keep the ordering above.
+# key and returns, buffered as NCCL's isend is, and a receive waits for it. Each directed pair of
+# ranks cycles through SLOTS data keys (the store cannot delete, so the slots bound its memory); a
+# one-byte marker per message says "written" and one says "read" (the store's own blocking wait,
+# no polling), and a sender waits for the read marker of the message a slot held before it
+# overwrites it. The markers are what grows: about 100 bytes per message. Messages of one directed
+# pair arrive in the order they were sent, as over NCCL. Every byte crosses the store's host, so
+# pp2 FThenB/1F1B keep the faster ordering above.
 class StoreP2P:
     SLOTS = 8
-    POLL_S = 0.0002
 
     def __init__(self, store, rank: int):
         self.store, self.rank = store, rank
         self.sent: dict[int, int] = {}
         self.received: dict[int, int] = {}
 
-    def _wait_count(self, key: str, at_least: int) -> None:
-        while int(self.store.add(key, 0)) < at_least:
-            time.sleep(self.POLL_S)
-
     def _put(self, peer: int, payload: bytes) -> None:
         n = self.sent.get(peer, 0)
         self.sent[peer] = n + 1
         pair = f"llama_model_p2p/{self.rank}>{peer}"
         if n >= self.SLOTS:  # slot n % SLOTS held message n - SLOTS: wait until it was read
-            self._wait_count(f"{pair}/read", n - self.SLOTS + 1)
+            self.store.wait(f"{pair}/read/{n - self.SLOTS}")
         self.store.set(f"{pair}/{n % self.SLOTS}", payload)
-        self.store.add(f"{pair}/written", 1)
+        self.store.set(f"{pair}/written/{n}", b"1")
 
     def _take(self, peer: int) -> bytes:
         n = self.received.get(peer, 0)
         self.received[peer] = n + 1
         pair = f"llama_model_p2p/{peer}>{self.rank}"
-        self._wait_count(f"{pair}/written", n + 1)
+        self.store.wait(f"{pair}/written/{n}")
         payload = self.store.get(f"{pair}/{n % self.SLOTS}")
-        self.store.add(f"{pair}/read", 1)
+        self.store.set(f"{pair}/read/{n}", b"1")
         return payload
 
     def send(self, tensor, peer: int) -> None:
