@@ -146,8 +146,8 @@ def _step0_loss_equals_transformers(loss: float) -> None:
     hf_cfg = transformers.LlamaConfig(**cfg.to_dict())
     hf_cfg._attn_implementation = "eager"
     hf = transformers.LlamaForCausalLM(hf_cfg).float().eval()
-    state = {k: torch.from_numpy(v.numpy()) for k, v in model.state_dict().items()}
-    hf.load_state_dict(state_dict_to_hf(state), strict=True)
+    state = state_dict_to_hf({k: v.numpy() for k, v in model.state_dict().items()})
+    hf.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     ids, labels = next(batches(1, cfg.vocab_size))
     with torch.no_grad():
         logits = hf(input_ids=torch.from_numpy(ids)).logits
@@ -155,6 +155,7 @@ def _step0_loss_equals_transformers(loss: float) -> None:
         logits.reshape(-1, cfg.vocab_size), torch.from_numpy(labels).reshape(-1), ignore_index=-100
     )
     # float32 in both, summed in different orders: measured 2e-7 apart
+    print(f"step-0 loss: {loss!r}, transformers {float(want)!r}")
     assert abs(loss - float(want)) <= 2e-6, (loss, float(want))
 
 
@@ -222,7 +223,7 @@ LAYOUTS = [
     ),
     pytest.param("dp2pp2", 4, ["--strategy", "dp2pp2"], id="dp2pp2-1F1B"),
     # more than two stages, and the interleaved schedule (rank r runs chunks r, r + pp, ...): over
-    # gloo their p2p goes through the TCPStore (gloo_compat.StoreP2P)
+    # gloo their p2p goes over gloo_compat.SocketP2P
     pytest.param("pp4", 4, ["--strategy", "pp4"], id="pp4-1F1B"),
     pytest.param("dp2pp4", 8, ["--strategy", "dp2pp4"], id="dp2pp4-1F1B"),
     pytest.param("pp2-vpp2", 2, ["--strategy", "pp2", *VPP2], id="pp2-VPP2"),

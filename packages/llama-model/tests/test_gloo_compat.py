@@ -75,10 +75,10 @@ def test_defect3_replacement_orders_ops_per_peer(monkeypatch):
     assert calls == [("recv", 0), ("send", 0), ("send", 2), ("recv", 2)]
 
 
-def test_defect3_store_transport_buffers_sends_and_reuses_its_slots(monkeypatch):
-    """Two ranks simulated in one thread over one TCPStore: each sends before the other receives
-    (blocking gloo sends deadlock on exactly that), and a third message reuses the first slot only
-    after the first was read. Values, dtypes and order arrive intact."""
+def test_defect3_socket_transport_buffers_sends_in_order():
+    """Two ranks in one process over real sockets: each sends before the other receives (blocking
+    gloo sends deadlock on exactly that), several messages queue up per direction, and values,
+    dtypes, order and pickled objects (the stages' shape exchange) arrive intact."""
     import socket
 
     from paddle.base import core
@@ -87,20 +87,20 @@ def test_defect3_store_transport_buffers_sends_and_reuses_its_slots(monkeypatch)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     store = core.TCPStore("127.0.0.1", port, True, 1, 30)
-    monkeypatch.setattr(gloo_compat.StoreP2P, "SLOTS", 2)
-    r0, r1 = gloo_compat.StoreP2P(store, 0), gloo_compat.StoreP2P(store, 1)
+    r0, r1 = gloo_compat.SocketP2P(store, 0), gloo_compat.SocketP2P(store, 1)
     msgs = [paddle.to_tensor(np.full((2, 3), i, np.float32) + 0.5) for i in range(3)]
-    r0.send(msgs[0], 1)
-    r0.send(msgs[1], 1)  # both slots of 0>1 now hold unread messages
+    for m in msgs:
+        r0.send(m, 1)
     r1.send(paddle.to_tensor(np.arange(4, dtype=np.int64)), 0)
-    back = paddle.zeros([4], dtype="int64")
+    r1.send_object_list([("meta", (2, 3))], 0)
+    back, obj = paddle.zeros([4], dtype="int64"), [None]
     r0.recv(back, 1)
+    r0.recv_object_list(obj, 1)
     np.testing.assert_array_equal(back.numpy(), np.arange(4))
+    assert obj == [("meta", (2, 3))]
     got = [paddle.zeros([2, 3]) for _ in range(3)]
-    r1.recv(got[0], 0)
-    r0.send(msgs[2], 1)  # slot 0 again: message 0 was read
-    r1.recv(got[1], 0)
-    r1.recv(got[2], 0)
+    for g in got:
+        r1.recv(g, 0)
     for g, m in zip(got, msgs):
         np.testing.assert_array_equal(g.numpy(), m.numpy())
 

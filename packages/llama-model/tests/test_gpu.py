@@ -1,6 +1,6 @@
 """The GPU path against float32 references (``pytest -m gpu`` / ``nox -s tests_gpu``; deselected
 otherwise): sequence parallelism, ZeRO sharding, the pipeline schedules over NCCL's own p2p (pp4
-and the interleaved VPP schedule; the CPU build carries them through its store transport), the
+and the interleaved VPP schedule; the CPU build carries them over its own sockets), the
 compiled step and bf16 autocast, each trained with tests/dist_parity.py on the tiny config.
 
 Every multi-GPU comparison runs at the largest of its 2/4/8-GPU layouts the machine holds and says

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
+import socket
+import struct
+import threading
 
 import numpy as np
 
@@ -107,39 +111,77 @@ def patch_pipeline_p2p_ordering() -> None:
 # Defect 3, continued: no blocking order serves the interleaved schedule (VPP sends in both
 # directions between one pair of ranks within one step, in an order the peer does not mirror) or
 # more than two stages (a middle stage's two peers): both deadlock ("pair.cc TIMEOUT"). There the
-# schedules' p2p goes through the job's TCPStore instead: a send writes the tensor's bytes under a
-# key and returns, buffered as NCCL's isend is, and a receive waits for it. Each directed pair of
-# ranks cycles through SLOTS data keys (the store cannot delete, so the slots bound its memory); a
-# one-byte marker per message says "written" and one says "read" (the store's own blocking wait,
-# no polling), and a sender waits for the read marker of the message a slot held before it
-# overwrites it. The markers are what grows: about 100 bytes per message. Messages of one directed
-# pair arrive in the order they were sent, as over NCCL. Every byte crosses the store's host, so
-# pp2 FThenB/1F1B keep the faster ordering above.
-class StoreP2P:
-    SLOTS = 8
+# schedules' p2p goes over this module's own sockets instead: a send queues the tensor's bytes for
+# a writer thread and returns (buffered, as NCCL's isend is), a reader thread per peer queues what
+# arrives, and a receive takes the next message of that peer: messages of one directed pair arrive
+# in the order they were sent, as over NCCL. One TCP connection per directed pair, TCP_NODELAY; the
+# addresses are published once in the job's TCPStore (whose own round trips cost ~44 ms each: too
+# slow to carry the messages). pp2 FThenB/1F1B keep gloo with the ordering above.
+class SocketP2P:
+    TIMEOUT_S = 1800.0  # as long as gloo's default: a peer that died fails the receive, not a hang
 
-    def __init__(self, store, rank: int):
+    def __init__(self, store, rank: int, host: str = "127.0.0.1"):
         self.store, self.rank = store, rank
-        self.sent: dict[int, int] = {}
-        self.received: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._inbox: dict[int, queue.Queue] = {}
+        self._outbox: dict[int, queue.Queue] = {}
+        self._server = socket.create_server((host, 0))
+        port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name="p2p-accept").start()
+        store.set(f"llama_model_p2p/address/{rank}", f"{host}:{port}".encode())
+
+    def _queue(self, table: dict, peer: int) -> queue.Queue:
+        with self._lock:
+            return table.setdefault(peer, queue.Queue())
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self._server.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = struct.unpack("<q", _read_exactly(conn, 8))[0]
+            threading.Thread(
+                target=self._read, args=(conn, peer), daemon=True, name=f"p2p-from-{peer}"
+            ).start()
+
+    def _read(self, conn, peer: int) -> None:
+        inbox = self._queue(self._inbox, peer)
+        try:
+            while True:
+                size = struct.unpack("<q", _read_exactly(conn, 8))[0]
+                inbox.put(_read_exactly(conn, size))
+        except (OSError, EOFError) as exc:
+            inbox.put(exc)
+
+    def _write(self, conn, outbox: queue.Queue) -> None:
+        while True:
+            payload = outbox.get()
+            conn.sendall(struct.pack("<q", len(payload)) + payload)
 
     def _put(self, peer: int, payload: bytes) -> None:
-        n = self.sent.get(peer, 0)
-        self.sent[peer] = n + 1
-        pair = f"llama_model_p2p/{self.rank}>{peer}"
-        if n >= self.SLOTS:  # slot n % SLOTS held message n - SLOTS: wait until it was read
-            self.store.wait(f"{pair}/read/{n - self.SLOTS}")
-        self.store.set(f"{pair}/{n % self.SLOTS}", payload)
-        self.store.set(f"{pair}/written/{n}", b"1")
+        with self._lock:
+            outbox = self._outbox.get(peer)
+        if outbox is None:
+            self.store.wait(f"llama_model_p2p/address/{peer}")
+            host, port = self.store.get(f"llama_model_p2p/address/{peer}").decode().rsplit(":", 1)
+            conn = socket.create_connection((host, int(port)))
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(struct.pack("<q", self.rank))
+            outbox = self._queue(self._outbox, peer)
+            threading.Thread(
+                target=self._write, args=(conn, outbox), daemon=True, name=f"p2p-to-{peer}"
+            ).start()
+        outbox.put(payload)
 
     def _take(self, peer: int) -> bytes:
-        n = self.received.get(peer, 0)
-        self.received[peer] = n + 1
-        pair = f"llama_model_p2p/{peer}>{self.rank}"
-        self.store.wait(f"{pair}/written/{n}")
-        payload = self.store.get(f"{pair}/{n % self.SLOTS}")
-        self.store.set(f"{pair}/read/{n}", b"1")
-        return payload
+        try:
+            item = self._queue(self._inbox, peer).get(timeout=self.TIMEOUT_S)
+        except queue.Empty:
+            raise RuntimeError(
+                f"no pipeline message from rank {peer} in {self.TIMEOUT_S:.0f} s"
+            ) from None
+        if isinstance(item, Exception):
+            raise RuntimeError(f"the pipeline connection from rank {peer} closed: {item}")
+        return item
 
     def send(self, tensor, peer: int) -> None:
         self._put(peer, _host_array(_local(tensor)).tobytes())
@@ -177,45 +219,62 @@ class StoreP2P:
 _host_array = paddle.Tensor.numpy
 
 
+def _read_exactly(conn, size: int) -> bytes:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            raise EOFError("connection closed")
+        got += n
+    return bytes(buffer)
+
+
 def _local(tensor):
     return tensor._local_value() if tensor.is_dist() else tensor
 
 
-def use_store_p2p() -> None:
-    """Route the pipelining schedules' p2p through the TCPStore (see StoreP2P); gloo only."""
-    if not is_gloo() or "pipeline_p2p_store" in _applied:
+def use_socket_p2p() -> None:
+    """Carry the pipelining schedules' p2p and shape exchange over SocketP2P; gloo only."""
+    if not is_gloo() or "pipeline_p2p_sockets" in _applied:
         return
     from paddle.base import core
     from paddle.distributed.auto_parallel.pipelining import schedules, stage
 
-    p2p = StoreP2P(core.create_or_get_global_tcp_store(), dist.get_rank())
+    p2p = SocketP2P(core.create_or_get_global_tcp_store(), dist.get_rank(), _host())
     schedules._batch_p2p = p2p.batch
     stage.dist = _StageDistributed(p2p)
-    _applied.add("pipeline_p2p_store")
+    _applied.add("pipeline_p2p_sockets")
 
 
-def store_p2p_groups(rank_lists):
-    """Pipeline groups for StoreP2P: Paddle ``Group`` descriptions (ranks, this rank's place)
-    without a gloo process group, which the store transport does not use. Creating real ones
+def _host() -> str:
+    """This rank's address as Paddle's launcher gives it (reachable by the other nodes)."""
+    endpoint = os.environ.get("PADDLE_CURRENT_ENDPOINT", "")
+    return endpoint.rsplit(":", 1)[0] if ":" in endpoint else "127.0.0.1"
+
+
+def socket_p2p_groups(rank_lists):
+    """Pipeline groups for SocketP2P: Paddle ``Group`` descriptions (ranks, this rank's place)
+    without a gloo process group, which the socket transport does not use. Creating real ones
     rendezvouses on the global store's unprefixed keys (defect 2), and groups of four ranks read
     each other's addresses there even one at a time ("address.cc: 136 vs 317" under dp2pp4)."""
     from paddle.distributed.communication.group import Group
 
     me = dist.get_rank()
     return [
-        Group(ranks.index(me) if me in ranks else -1, _STORE_GROUP_IDS + i, list(ranks))
+        Group(ranks.index(me) if me in ranks else -1, _SOCKET_GROUP_IDS + i, list(ranks))
         for i, ranks in enumerate(rank_lists)
     ]
 
 
-_STORE_GROUP_IDS = 1_000_000  # out of the way of the ids Paddle numbers its groups with
+_SOCKET_GROUP_IDS = 1_000_000  # out of the way of the ids Paddle numbers its groups with
 
 
 class _StageDistributed:
-    """``paddle.distributed`` as pipelining/stage.py sees it under StoreP2P: its object exchange
+    """``paddle.distributed`` as pipelining/stage.py sees it under SocketP2P: its object exchange
     through the store, everything else Paddle's."""
 
-    def __init__(self, p2p: StoreP2P):
+    def __init__(self, p2p: SocketP2P):
         self.send_object_list = p2p.send_object_list
         self.recv_object_list = p2p.recv_object_list
 

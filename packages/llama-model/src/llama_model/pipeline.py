@@ -56,7 +56,7 @@ def pipeline_groups(mesh, strategy: Strategy) -> dict[tuple[int, int], object]:
     coords = [(d, m) for d in range(ranks.shape[1]) for m in range(ranks.shape[2])]
     rank_lists = [ranks[:, d, m].tolist() for d, m in coords]
     if needs_buffered_p2p(strategy) and gloo_compat.is_gloo():
-        groups = gloo_compat.store_p2p_groups(rank_lists)
+        groups = gloo_compat.socket_p2p_groups(rank_lists)
     else:
         groups = gloo_compat.new_groups_in_order(rank_lists)
     return dict(zip(coords, groups))
@@ -120,7 +120,7 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
     from paddle.distributed.auto_parallel.pipelining.stage import PipelineStage
 
     if needs_buffered_p2p(strategy):
-        gloo_compat.use_store_p2p()  # no-op on NCCL
+        gloo_compat.use_socket_p2p()  # no-op on NCCL
     if strategy.schedule == "VPP":
         layers = strategy.chunk_layers(stage_module.config.num_hidden_layers)
         stages = [
