@@ -7,7 +7,7 @@ Every multi-GPU comparison runs at the largest of its 2/4/8-GPU layouts the mach
 which (printed, and in the assertion messages). Without a CUDA build of Paddle, or with fewer than 2
 GPUs, each test fails with one line saying so.
 
-float32 bounds: as in the CPU layout tests, FACTOR times the float32 reduction-order floor measured
+float32 bounds: as in the CPU layout tests, FACTORS times the float32 reduction-order floor measured
 in the same session (one GPU, the batch in 8 micro-batches against 4; test_dist_parity.py explains
 it); TF32 is switched off (NVIDIA_TF32_OVERRIDE=0) so that float32 means float32 in cuBLAS. The bf16
 bound is derived, not yet measured on a GPU (see the test).
@@ -17,7 +17,7 @@ import json
 import math
 
 import pytest
-from test_dist_parity import FACTOR, Bounds, _differences, _merged, _records, _run
+from test_dist_parity import FACTORS, Bounds, _differences, _merged, _records, _run
 
 pytestmark = pytest.mark.gpu
 
@@ -60,7 +60,7 @@ def _layout(kind: str) -> tuple[str, int, str]:
 
 @pytest.fixture(scope="module")
 def bounds(tmp_path_factory):
-    """FACTOR times the float32 floor on this GPU (one process, 8 micro-batches against 4), measured
+    """FACTORS times the float32 floor on this GPU (one process, 8 micro-batches against 4), measured
     on first use: inside a test, after its GPU check, so that a CPU build fails the test in one line
     instead of erroring in a fixture."""
     measured: list[Bounds] = []
@@ -74,9 +74,7 @@ def bounds(tmp_path_factory):
             ]
             floor = _differences(*(_records(r) for r in runs), *(_model(r) for r in runs))
             print(f"float32 floor on this GPU: {floor}")
-            measured.append(
-                Bounds(FACTOR * floor.loss, FACTOR * floor.grad_norm, FACTOR * floor.params)
-            )
+            measured.append(floor.times(FACTORS))
         return measured[0]
 
     return get
