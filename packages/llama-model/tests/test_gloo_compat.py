@@ -103,6 +103,9 @@ def test_defect3_socket_transport_buffers_sends_in_order():
         r1.recv(g, 0)
     for g, m in zip(got, msgs):
         np.testing.assert_array_equal(g.numpy(), m.numpy())
+    for p2p in (r0, r1):  # what runs at exit: every thread stops, every socket closes
+        p2p.close()
+        assert not any(thread.is_alive() for thread in p2p._threads)
 
 
 def test_defect4_tensor_cuda_raises_on_a_cpu_build():

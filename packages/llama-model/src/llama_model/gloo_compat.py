@@ -8,6 +8,8 @@ rather than silently kept. Nothing here runs on a GPU (NCCL) job.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import pickle
 import queue
@@ -125,10 +127,34 @@ class SocketP2P:
         self._lock = threading.Lock()
         self._inbox: dict[int, queue.Queue] = {}
         self._outbox: dict[int, queue.Queue] = {}
+        self._connections: list = []
+        self._threads: list[threading.Thread] = []
+        self._closing = False
         self._server = socket.create_server((host, 0))
         port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True, name="p2p-accept").start()
+        self._start(self._accept, (), "p2p-accept")
         store.set(f"llama_model_p2p/address/{rank}", f"{host}:{port}".encode())
+
+    def _start(self, target, args, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+        self._threads.append(thread)
+        thread.start()
+
+    def close(self) -> None:
+        """Stop the threads and close the sockets (at exit: threads still reading while the
+        interpreter finalises crashed a rank with SIGSEGV)."""
+        self._closing = True
+        with self._lock:
+            outboxes = list(self._outbox.values())
+            connections = list(self._connections)
+        for outbox in outboxes:
+            outbox.put(None)
+        for conn in [self._server, *connections]:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def _queue(self, table: dict, peer: int) -> queue.Queue:
         with self._lock:
@@ -136,12 +162,15 @@ class SocketP2P:
 
     def _accept(self) -> None:
         while True:
-            conn, _ = self._server.accept()
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._connections.append(conn)
             peer = struct.unpack("<q", _read_exactly(conn, 8))[0]
-            threading.Thread(
-                target=self._read, args=(conn, peer), daemon=True, name=f"p2p-from-{peer}"
-            ).start()
+            self._start(self._read, (conn, peer), f"p2p-from-{peer}")
 
     def _read(self, conn, peer: int) -> None:
         inbox = self._queue(self._inbox, peer)
@@ -150,11 +179,14 @@ class SocketP2P:
                 size = struct.unpack("<q", _read_exactly(conn, 8))[0]
                 inbox.put(_read_exactly(conn, size))
         except (OSError, EOFError) as exc:
-            inbox.put(exc)
+            if not self._closing:
+                inbox.put(exc)
 
     def _write(self, conn, outbox: queue.Queue) -> None:
         while True:
             payload = outbox.get()
+            if payload is None:  # close()
+                return
             conn.sendall(struct.pack("<q", len(payload)) + payload)
 
     def _put(self, peer: int, payload: bytes) -> None:
@@ -166,10 +198,10 @@ class SocketP2P:
             conn = socket.create_connection((host, int(port)))
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sendall(struct.pack("<q", self.rank))
+            with self._lock:
+                self._connections.append(conn)
             outbox = self._queue(self._outbox, peer)
-            threading.Thread(
-                target=self._write, args=(conn, outbox), daemon=True, name=f"p2p-to-{peer}"
-            ).start()
+            self._start(self._write, (conn, outbox), f"p2p-to-{peer}")
         outbox.put(payload)
 
     def _take(self, peer: int) -> bytes:
@@ -242,6 +274,7 @@ def use_socket_p2p() -> None:
     from paddle.distributed.auto_parallel.pipelining import schedules, stage
 
     p2p = SocketP2P(core.create_or_get_global_tcp_store(), dist.get_rank(), _host())
+    atexit.register(p2p.close)
     schedules._batch_p2p = p2p.batch
     stage.dist = _StageDistributed(p2p)
     _applied.add("pipeline_p2p_sockets")
