@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import pickle
 import queue
@@ -220,13 +221,13 @@ class SocketP2P:
 
     def recv(self, tensor, peer: int) -> None:
         local = _local(tensor)
-        data = np.frombuffer(self._take(peer), dtype=_host_array(local).dtype)
+        data = np.frombuffer(self._take(peer), dtype=_numpy_dtype(local.dtype))
         local.copy_(paddle.to_tensor(data.reshape(local.shape)), False)
 
     # The stages' shape exchange of the first step (``dist.send_object_list``): Paddle pickles the
     # tensor metadata and sends it over the stage's group, whose gloo tags count every operation on
     # the group, so two ranks of a group of four never agree on one (pp4 timed out there). Same
-    # pickled metadata, between two ranks of this job, carried by the store.
+    # pickled metadata, between two ranks of this job, carried by these sockets.
     def send_object_list(self, objects, dst: int, group=None) -> None:
         self._put(dst, pickle.dumps(list(objects)))
 
@@ -249,6 +250,12 @@ class SocketP2P:
 # The transport's own copies to the host, through the method as Paddle defines it: host_reads
 # counts the reads a training step makes on a device, and this transport exists on CPU only.
 _host_array = paddle.Tensor.numpy
+
+
+@functools.cache
+def _numpy_dtype(dtype) -> np.dtype:
+    """numpy's dtype for a Paddle one, from an empty tensor (not by reading a receive buffer)."""
+    return _host_array(paddle.empty([0], dtype=dtype)).dtype
 
 
 def _read_exactly(conn, size: int) -> bytes:
@@ -305,7 +312,7 @@ _SOCKET_GROUP_IDS = 1_000_000  # out of the way of the ids Paddle numbers its gr
 
 class _StageDistributed:
     """``paddle.distributed`` as pipelining/stage.py sees it under SocketP2P: its object exchange
-    through the store, everything else Paddle's."""
+    over the sockets, everything else Paddle's."""
 
     def __init__(self, p2p: SocketP2P):
         self.send_object_list = p2p.send_object_list

@@ -373,11 +373,14 @@ class ParallelModel:
         there (1 when the norm is within bound, an exact multiply); returns the norm tensor."""
         norm = self.grad_norm_tensor()
         coef = paddle.clip(max_norm / (norm + eps), max=1.0)
+        coef_as = {}  # the coefficient cast once per gradient dtype, not once per parameter
         with paddle.no_grad():
             for param in self.module.parameters():
                 if param.grad is not None:
                     grad = param.grad._local_value() if param.grad.is_dist() else param.grad
-                    grad.multiply_(coef.astype(grad.dtype))
+                    if grad.dtype not in coef_as:
+                        coef_as[grad.dtype] = coef.astype(grad.dtype)
+                    grad.multiply_(coef_as[grad.dtype])
         return norm
 
 

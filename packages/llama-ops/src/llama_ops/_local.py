@@ -80,13 +80,13 @@ def _sharded_axes(t) -> dict[int, int]:
     return {axis: p.get_dim() % t.ndim for axis, p in enumerate(t.placements) if p.is_shard()}
 
 
-def _common_checks(tensors, *, needs_grad_dist: bool = True):
+def _common_checks(tensors):
     """The mesh all dist inputs share, or a reason. A dense input must be one that gets no gradient
     (a rope table): a dense weight used by sharded rows would get only this rank's part."""
     mesh = None
     for t in tensors:
         if not t.is_dist():
-            if needs_grad_dist and not t.stop_gradient:
+            if not t.stop_gradient:
                 return None, "a dense input that needs a gradient beside dist tensors"
             continue
         if any(p.is_partial() for p in t.placements):
