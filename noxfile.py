@@ -59,7 +59,10 @@ PACKAGES: dict[str, Package] = {
     # llama-model uses llama-ops' fused kernels when they are installed and plain Paddle otherwise:
     # its own session tests the plain path, this one the fused path.
     "llama-ops": Package("llama-ops", consumers=("llama-model",)),
-    "llama-model": Package("llama-model", env={"LLAMA_MODEL_EXPECT_KERNELS": "paddle"}),
+    # ckpt-tools reads the weights a model starts from (--init-from), without Paddle.
+    "llama-model": Package(
+        "llama-model", needs=("ckpt-tools",), env={"LLAMA_MODEL_EXPECT_KERNELS": "paddle"}
+    ),
     # ckpt-tools is a runtime need: its restricted unpickler vets a checkpoint before Paddle's
     # pickle loader reads it (the tests also merge the trained checkpoint with it, without Paddle).
     "llama-train": Package(

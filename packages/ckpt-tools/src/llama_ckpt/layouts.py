@@ -56,10 +56,11 @@ def from_hf(hf_name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
     return name, array
 
 
-def detect(names: list[str]) -> str:
-    """hf when the names look like transformers' (model.layers..., model.embed_tokens...)."""
+def detect(names: list[str], default: str | None = PADDLE) -> str | None:
+    """hf when the names look like transformers' (model.layers..., model.embed_tokens...), paddle
+    when they look like PaddleNLP's (llama....); ``default`` when they say neither."""
     if any(n.startswith("llama.") for n in names):
         return PADDLE
     if any(n.startswith(("model.layers.", "model.embed_tokens.", "model.norm.")) for n in names):
         return HF
-    return PADDLE
+    return default

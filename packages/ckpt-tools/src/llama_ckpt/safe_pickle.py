@@ -103,16 +103,19 @@ def read_span(path: str, offset: int, buf: memoryview) -> None:
     """Read len(buf) bytes at `offset` straight into `buf` (no intermediate copy)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        done = 0
-        while done < len(buf):
-            n = os.preadv(fd, [buf[done:]], offset + done)
-            if n == 0:
-                raise CheckpointError(
-                    f"{path}: file is truncated (data ends at byte {offset + done})"
-                )
-            done += n
+        pread_into(fd, path, buf, offset)
     finally:
         os.close(fd)
+
+
+def pread_into(fd: int, path: str, buf: memoryview, offset: int) -> None:
+    """Fill `buf` from the open file `fd` at `offset`; a short file is a truncated checkpoint."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n == 0:
+            raise CheckpointError(f"{path}: file is truncated (data ends at byte {offset + done})")
+        done += n
 
 
 class _DTypeStub:

@@ -131,19 +131,28 @@ class ParallelModel:
         seed: int = 0,
         recompute: str | None = None,
         compute_dtype: str = "float32",
+        weights=None,
     ) -> ParallelModel:
         """Validate the layout, start the distributed environment if needed, build and place this
         rank's stage with weights drawn from ``seed`` (identical to the same model in one process).
 
         ``recompute``: None, "full" (each decoder layer) or "attention" (the attention block).
         ``compute_dtype``: "float32", or "bfloat16" (GPU only: autocast, parameters stay float32).
+        ``weights``: a ``pretrained.PretrainedWeights`` to start from instead of random values; the
+        stage is built without memory and each rank reads only the shards it holds.
         """
         check_backend_support(strategy, compute_dtype)
         strategy.validate(config, world_size=world_size_from_env())
+        if weights is not None:
+            weights.check(config)
         rank = init_distributed(strategy)
         stage, dp_rank, mp_rank = strategy.coordinates(rank)
-        module = build_stage(config, strategy, stage, recompute=recompute)
-        module.init_weights(seed)
+        with paddle.LazyGuard() if weights is not None else contextlib.nullcontext():
+            module = build_stage(config, strategy, stage, recompute=recompute)
+        if weights is None:
+            module.init_weights(seed)
+        elif strategy.world_size == 1:
+            weights.fill(module)
         layout = _Layout(rank, stage, dp_rank, mp_rank)
         loss_fn = ScaledTokenLoss(IGNORE_INDEX)
         schedule = group = None
@@ -156,6 +165,8 @@ class ParallelModel:
             layout.mesh = mesh
             layout.stage_mesh = mesh.get_mesh_with_dim("pp", stage)
             plan.apply_plan(module, layout.stage_mesh)
+            if weights is not None:
+                weights.fill(module)
             if strategy.sequence_parallel:
                 plan.apply_sequence_parallel(module, layout.stage_mesh)
             if strategy.pp > 1:

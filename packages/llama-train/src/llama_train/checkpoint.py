@@ -37,14 +37,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llama_ckpt.runs import COMPLETE, LATEST, TRAINER_STATE  # the protocol's names: one owner
 from llama_train.errors import TrainError
 
 FORMAT = "llama-train-checkpoint"
 FORMAT_VERSION = 1
 MODEL_PREFIX = "model."
-COMPLETE = "COMPLETE"
-LATEST = "latest"
-TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 TOKENIZER_FILES = (
     "tokenizer.model",
@@ -65,6 +63,7 @@ class TrainerState:
     data_fingerprint: str = ""
     seq_len: int = 0
     loss: float | None = None  # loss of the last step
+    init_from: dict | None = None  # the weights the run started from (path, format, layout, digest)
     # Random draws are seeded per step from (seed, step): the state is the pair, not a generator dump.
     rng: str = "paddle.seed(seed * 1_000_003 + step) before each step; numpy is not used for draws"
     format: str = FORMAT

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
-from llama_train.options import FIELDS
+from llama_train.options import OPTIONS
 from llama_train.version import __version__
 
 PADDLE_MISSING = (
@@ -91,7 +91,7 @@ def _option_for(name: str, f) -> click.Option:
 
 
 def _with_run_options(command):
-    for name, f in reversed(list(FIELDS.items())):
+    for name, f in reversed(list(OPTIONS.items())):
         command.params.insert(0, _option_for(name, f))
     return command
 
@@ -122,6 +122,11 @@ def run_command(config_file, **flags):
         if prepared.removed_partial:
             click.echo(
                 f"removed {prepared.removed_partial} partial checkpoint save(s) left by a failed run"
+            )
+        if prepared.init_ignored_for is not None:
+            click.echo(
+                f"--init-from ignored: resuming from {prepared.init_ignored_for}, which has the "
+                "run's own weights"
             )
         if prepared.abandoned is not None:
             click.echo(

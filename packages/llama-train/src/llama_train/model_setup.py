@@ -26,7 +26,27 @@ def tokenizer_vocab_size(spec: str) -> int:
 
 
 def model_config(cfg: RunConfig) -> LlamaConfig:
+    """The model's shape: --model-config (a preset or a file), or the config.json of --init-from;
+    with both, they must agree. The tokenizer must fit in its vocabulary."""
     vocab = tokenizer_vocab_size(cfg.tokenizer) if cfg.tokenizer else None
+    stored = _init_from_config(cfg) if cfg.init_from else None
+    if cfg.model_config is None:
+        config = stored
+    else:
+        config = _named_config(cfg, vocab)
+        if stored is not None and stored != config:
+            raise TrainError(
+                f"--model-config differs from the config.json of --init-from"
+                f"{first_difference(stored, config, 'init-from')}"
+            )
+    if vocab is not None and vocab > config.vocab_size:
+        raise TrainError(
+            f"the tokenizer has {vocab} tokens but the model's vocab_size is {config.vocab_size}"
+        )
+    return config
+
+
+def _named_config(cfg: RunConfig, vocab: int | None) -> LlamaConfig:
     try:
         if cfg.model_config in PRESETS:
             if vocab is None:
@@ -37,14 +57,50 @@ def model_config(cfg: RunConfig) -> LlamaConfig:
             raise TrainError(
                 f"--model-config {cfg.model_config!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
             )
-        config = LlamaConfig.from_json(cfg.model_config)
+        return LlamaConfig.from_json(cfg.model_config)
     except LlamaModelError as exc:
         raise TrainError(f"--model-config: {exc}") from None
-    if vocab is not None and vocab > config.vocab_size:
+
+
+def _init_from_config(cfg: RunConfig) -> LlamaConfig | None:
+    weights = open_init_weights(cfg)
+    try:
+        config = weights.config()
+    except LlamaModelError as exc:
+        raise TrainError(f"--init-from: {exc}") from None
+    if config is None and cfg.model_config is None:
         raise TrainError(
-            f"the tokenizer has {vocab} tokens but the model's vocab_size is {config.vocab_size}"
+            f"--init-from {cfg.init_from}: no config.json in {weights.directory}; pass --model-config"
         )
     return config
+
+
+def open_init_weights(cfg: RunConfig):
+    """The weights of --init-from, opened (headers only) with --init-layout."""
+    from llama_model.pretrained import PretrainedWeights
+
+    try:
+        return PretrainedWeights.open(cfg.init_from, layout=cfg.init_layout)
+    except LlamaModelError as exc:
+        raise TrainError(f"--init-from: {exc}") from None
+
+
+def check_init_weights(cfg: RunConfig, config: LlamaConfig):
+    """--init-from opened and checked against ``config`` (every name and shape), in one line."""
+    weights = open_init_weights(cfg)
+    try:
+        weights.check(config)
+    except LlamaModelError as exc:
+        raise TrainError(f"--init-from: {exc}") from None
+    return weights
+
+
+def first_difference(a: LlamaConfig, b: LlamaConfig, a_name: str = "checkpoint") -> str:
+    """`` (field: A's value, asked value)`` for the first field where two configs differ."""
+    for name, value in vars(b).items():
+        if name != "extra" and vars(a).get(name) != value:
+            return f" ({name}: {a_name} {vars(a).get(name)!r}, asked {value!r})"
+    return ""
 
 
 def strategy_of(cfg: RunConfig) -> Strategy:

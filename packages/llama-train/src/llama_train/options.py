@@ -26,6 +26,7 @@ AMP_CHOICES = ("off", "bf16", "fp16")
 DECAY_CHOICES = ("linear", "cosine", "constant")
 SCHEDULE_CHOICES = ("1F1B", "FThenB", "VPP")
 RECOMPUTE_CHOICES = ("full", "attention")
+INIT_LAYOUTS = ("hf", "paddle")
 CONFIG_FORMAT = 1
 
 
@@ -37,11 +38,27 @@ def _meta(help: str, **extra) -> dict[str, Any]:
 @dataclass
 class RunConfig:
     # --------------------------------------------------------------------------- what to train
-    model_config: str = field(
+    model_config: str | None = field(
         default=None,
         metadata=_meta(
-            "A preset name (tiny, bench-t, llama2-7b, ...) or a config.json / model directory.",
-            required=True,
+            "A preset name (tiny, bench-t, llama2-7b, ...) or a config.json / model directory "
+            "(default with --init-from: its config.json)."
+        ),
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=_meta(
+            "Start from these weights (fresh optimizer and schedule): a Hugging Face or PaddleNLP "
+            "model directory, a .safetensors or .pdparams file, or a llama-train checkpoint or run "
+            "directory. Each rank reads only its shards. Ignored when --resume finds a checkpoint."
+        ),
+    )
+    init_layout: str | None = field(
+        default=None,
+        metadata=_meta(
+            "Layout of --init-from (default: told by the tensor names): hf (transformers names, "
+            "Linear weights [out, in]) or paddle (PaddleNLP names, [in, out]).",
+            choices=INIT_LAYOUTS,
         ),
     )
     data: list[str] = field(
@@ -261,6 +278,15 @@ class RunConfig:
     node_rank: int | None = field(
         default=None, metadata=_meta("This node's rank in a multi-node job.", min=0)
     )
+    # ------------------------------------------------------------ resolved, not options
+    init_source: dict | None = field(
+        default=None,
+        metadata=_meta(
+            "What --init-from resolved to (path, format, layout, digest), written by the front "
+            "process; None when the run does not start from weights.",
+            internal=True,
+        ),
+    )
 
     # ------------------------------------------------------------------------------- derived
     @property
@@ -326,6 +352,7 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+OPTIONS = {name: f for name, f in FIELDS.items() if not f.metadata.get("internal")}
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -351,7 +378,7 @@ def read_config_file(path: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "format":
             continue
-        if name not in FIELDS:
+        if name not in OPTIONS:
             raise TrainError(f"config file {path}: unknown option {key!r}")
         out[name] = value
     return out
@@ -402,6 +429,11 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConf
             raise TrainError(
                 f"missing option --{name.replace('_', '-')} (on the command line or in --config)"
             )
+    if merged.get("model_config") is None and merged.get("init_from") is None:
+        raise TrainError(
+            "missing option --model-config (a preset or config.json), or --init-from (weights with "
+            "their config.json)"
+        )
     cfg = RunConfig(**merged)
     validate(cfg)
     return cfg

@@ -1,6 +1,7 @@
 """Everything checked and built before any training process starts.
 
-Options, model shape, layout against the model and the backend, the data files (existence, token
+Options, model shape, layout against the model and the backend, the weights of ``--init-from``
+(every name and shape against the model, from the file headers), the data files (existence, token
 ids within the vocabulary), the sample indices (built here once, read by every rank), enough data
 for the steps asked, the output directory, and the checkpoint a run resumes from (its model config,
 its data order, every rank file vetted by the restricted unpickler and present in full). A mistake
@@ -35,6 +36,7 @@ class Prepared:
     run_id: str
     abandoned: Path | None = None  # where a rollback moved the newer checkpoints
     removed_partial: int = 0
+    init_ignored_for: Path | None = None  # the checkpoint resumed instead of --init-from
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -64,6 +66,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         except OSError as exc:
             raise TrainError(os_error_line(exc, out)) from None
         resumed = _check_resume(cfg, out, config, data)
+        cfg.init_source = None
+        if cfg.init_from and resumed is None:  # read by the ranks only: checked here, recorded
+            cfg.init_source = model_setup.check_init_weights(cfg, config).record()
     except TrainError:
         lock.release(undo=True)
         if created:
@@ -71,10 +76,13 @@ def prepare(cfg: RunConfig) -> Prepared:
                 out.rmdir()
         raise
     try:
-        return _write_run_files(cfg, out, config, lock, run_id, resumed)
+        prepared = _write_run_files(cfg, out, config, lock, run_id, resumed)
     except OSError as exc:
         lock.release()
         raise TrainError(os_error_line(exc, out)) from None
+    if cfg.init_from and resumed is not None:
+        prepared.init_ignored_for = resumed
+    return prepared
 
 
 def _check_output_path(out: Path) -> None:
@@ -126,7 +134,7 @@ def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | 
     if saved != config:
         raise TrainError(
             f"--resume {path}: the checkpoint's model config differs from --model-config"
-            f"{_first_difference(saved, config)}"
+            f"{model_setup.first_difference(saved, config)}"
         )
     state = checkpoint.TrainerState.read(path)
     if state.data_fingerprint != data.fingerprint:
@@ -136,13 +144,6 @@ def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | 
         )
     vet_checkpoint(path)
     return path
-
-
-def _first_difference(saved, config) -> str:
-    for name, value in vars(config).items():
-        if vars(saved).get(name) != value:
-            return f" ({name}: checkpoint {vars(saved).get(name)!r}, asked {value!r})"
-    return ""
 
 
 def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed) -> Prepared:

@@ -36,7 +36,8 @@ def _restore(cfg, step_fn, data, ckpt, config, strategy):
 
     path = resolve_resume(cfg.resume, cfg.output)
     fresh = TrainerState(global_batch_size=cfg.batch_size, seed=cfg.seed, strategy=str(strategy),
-                         world_size=strategy.world_size, data_fingerprint=data.fingerprint, seq_len=cfg.seq_len)  # fmt: skip
+                         world_size=strategy.world_size, data_fingerprint=data.fingerprint, seq_len=cfg.seq_len,
+                         init_from=cfg.init_source)  # fmt: skip
     if path is None:
         return fresh, None
     saved = LlamaConfig.from_json(str(path / "config.json"))
@@ -56,6 +57,29 @@ def _restore(cfg, step_fn, data, ckpt, config, strategy):
     state.strategy, state.world_size = str(strategy), strategy.world_size
     state.global_batch_size = cfg.batch_size
     return state, path
+
+
+def _initial_weights(cfg):
+    """The --init-from weights the front process checked and recorded, or None (no --init-from, or
+    a resume: the checkpoint's weights win). Refuses weights that changed since that check."""
+    from llama_train.checkpoint import resolve_resume
+
+    source = cfg.init_source
+    if source is None or resolve_resume(cfg.resume, cfg.output) is not None:
+        return None
+    from llama_model import LlamaModelError
+    from llama_model.pretrained import PretrainedWeights
+
+    try:
+        weights = PretrainedWeights.open(source["path"], layout=source["layout"])
+    except LlamaModelError as exc:
+        raise TrainError(f"--init-from: {exc}") from None
+    if weights.record()["digest"] != source["digest"]:
+        raise TrainError(
+            f"--init-from {source['path']}: the weights changed after the run was checked "
+            "(their headers differ); start the run again"
+        )
+    return weights
 
 
 def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object:
@@ -81,8 +105,14 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
         strategy = model_setup.strategy_of(cfg)
         dtype = model_setup.compute_dtype(cfg)
         recompute = cfg.recompute_granularity if cfg.recompute else None
+        weights = _initial_weights(cfg)
         pm = ParallelModel.build(
-            config, strategy, seed=cfg.seed, recompute=recompute, compute_dtype=dtype
+            config,
+            strategy,
+            seed=cfg.seed,
+            recompute=recompute,
+            compute_dtype=dtype,
+            weights=weights,
         )
         stop = StopRequest(distributed=pm.distributed)
         step_fn = build_step(cfg, pm, build_optimizer(pm, cfg))
@@ -99,11 +129,12 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
         if rank != 0:
             console = None
         if console is not None:
-            where = (
-                f"resumed from {resumed_from} at step {state.step}"
-                if resumed_from
-                else "starting from scratch"
-            )
+            if resumed_from:
+                where = f"resumed from {resumed_from} at step {state.step}"
+            elif weights is not None:
+                where = f"starting from the weights of {weights.path} ({weights.layout} layout)"
+            else:
+                where = "starting from scratch"
             console.line(
                 f"{strategy} on {strategy.world_size} process(es), "
                 f"{'compiled (--to-static)' if step_fn.compiled else 'eager'} step, global batch "
