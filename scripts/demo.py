@@ -185,6 +185,8 @@ def train(out: Path, tokenizer: Path, prefix: Path, strategy: str) -> Path:
             "20",
             "--resume",
             "auto",
+            "--report-to",
+            "jsonl,tensorboard",
         )
         run("llama-train", "plot", run_dir)
     return run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()

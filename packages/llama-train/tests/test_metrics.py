@@ -77,3 +77,22 @@ def test_resume_truncates_records_holding_nulls(tmp_path):
         {"step": 1, "split": "train", "loss": 1.0},
         {"step": 2, "split": "train", "loss": None, "non_finite": {"loss": "nan"}},
     ]
+
+
+def test_mfu_by_hand_and_the_peak_table():
+    from llama_train.metrics import model_flops_utilisation, peak_tflops_of
+
+    # 8 H100 SXM in bf16 (989.5 TFLOP/s each, dense), the job doing 100,000 tokens/s (the global
+    # rate) at 6e9 FLOPs per token: 6e14 FLOP/s over 8 × 989.5e12 = 7.916e15 -> 0.075796...
+    assert model_flops_utilisation(100_000, 6e9, 8, 989.5) == pytest.approx(0.0757958565)
+    # The same job on 16 devices at the same global rate: half the utilisation.
+    assert model_flops_utilisation(100_000, 6e9, 16, 989.5) == pytest.approx(0.0378979283)
+    assert peak_tflops_of("NVIDIA H100 80GB HBM3", "bfloat16") == 989.5
+    assert peak_tflops_of("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert peak_tflops_of("NVIDIA H200", "float32") == 67.0
+    assert peak_tflops_of("NVIDIA H800", "float16") == 989.5
+    assert peak_tflops_of("NVIDIA A100-SXM4-80GB", "float32") == 19.5
+    assert peak_tflops_of("Tesla V100-SXM2-32GB", "float16") == 125.0
+    assert peak_tflops_of("Tesla V100-PCIE-16GB", "float32") == 14.0
+    assert peak_tflops_of("Tesla V100-SXM2-32GB", "bfloat16") is None  # no bf16 on Volta
+    assert peak_tflops_of("NVIDIA GeForce RTX 4090", "bfloat16") is None

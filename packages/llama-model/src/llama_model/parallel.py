@@ -197,6 +197,16 @@ class ParallelModel:
     def named_parameters(self):
         return self.module.named_parameters()
 
+    def local_size(self) -> tuple[int, int]:
+        """(elements, bytes) of the parameters this rank holds: its shards, not the global tensors."""
+        elements = nbytes = 0
+        for param in self.module.parameters():
+            local = param._local_value() if param.is_dist() else param
+            n = int(np.prod(local.shape, dtype=np.int64))
+            elements += n
+            nbytes += n * local.element_size()
+        return elements, nbytes
+
     def state_dict(self, prefix: str = "") -> dict:
         """This rank's parameters under their full-model names (dist tensors when distributed), ready
         for ``dist.save_state_dict``; a trainer saves them with ``prefix="model."``."""
@@ -418,7 +428,7 @@ def _local_squared_norm(param, grad):
     element of the global gradient exactly once over the ranks of the stage: a shard counts fully,
     a replica counts 1/(number of replicas)."""
     if not grad.is_dist():
-        return (grad.astype("float64") ** 2).sum().reshape([1])
+        return paddle.square(grad.astype("float64")).sum().reshape([1])
     if any(p.is_partial() for p in grad.placements):
         grad = dist.reshard(grad, grad.process_mesh, param.placements)
     replicas = 1
@@ -426,4 +436,5 @@ def _local_squared_norm(param, grad):
         if placement.is_replicated():
             replicas *= size
     local = grad._local_value().astype("float64")
-    return (local**2).sum().reshape([1]) / replicas
+    # square, not ** 2: Paddle's pow kernel calls std::pow per element, several times slower on CPU
+    return paddle.square(local).sum().reshape([1]) / replicas

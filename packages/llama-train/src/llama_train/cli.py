@@ -1,4 +1,4 @@
-"""The ``llama-train`` command: ``llama-train [run] OPTIONS`` trains, ``llama-train plot OUTPUT`` draws.
+"""The ``llama-train`` command: ``llama-train [run] OPTIONS`` trains, ``llama-train plot OUTPUT...`` draws.
 
 ``run`` is the default command, so ``llama-train --strategy dp2mp2pp2 ...`` trains. Every option of
 ``run`` is a field of ``options.RunConfig``; the click options are generated from those fields so
@@ -150,7 +150,7 @@ def _prepare(config_file, flags):
     from llama_train.preparation import prepare
 
     file_values = options.read_config_file(config_file) if config_file else {}
-    return prepare(options.resolve(file_values, flags))
+    return prepare(options.resolve(file_values, flags), say=click.echo)
 
 
 def _run_here(cfg) -> None:
@@ -240,14 +240,18 @@ def _run_launched(prepared) -> None:
 
 
 @main.command("plot")
-@click.argument("output", type=click.Path(file_okay=False))
-@click.option("--png", default=None, help="Where to write the image [default: OUTPUT/curves.png].")
-def plot_command(output, png):
-    """Draw the loss (train, valid) and learning-rate curves of a run to a PNG."""
-    from llama_train.plot import plot_run
+@click.argument("outputs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--png",
+    default=None,
+    help="Where to write the image [default: OUTPUT/curves.png for one run, ./curves.png for several].",
+)
+def plot_command(outputs, png):
+    """Draw the loss (train, valid), learning-rate, tokens/s and memory curves of one or more runs."""
+    from llama_train.plot import plot_runs
 
     try:
-        path = plot_run(output, png)
+        path = plot_runs(list(outputs), png)
     except TrainError as exc:
         raise _Failure(str(exc)) from None
     click.echo(f"wrote {path}")

@@ -36,7 +36,8 @@ from llama_train.console import Console
 
 # Rank 0's lines meant for the user; Paddle's own chatter stays in the logs.
 _OUR_LINE = re.compile(
-    r"^(step \d+/|eval step |saved checkpoint |stopped by a signal|model FLOPs|kernels: |Error: |dp\d+mp\d+pp\d+ on )"
+    r"^(step \d+/|eval step |saved checkpoint |stopped by a signal|model FLOPs|kernels: |Error: "
+    r"|dp\d+mp\d+pp\d+ on |memory per rank|profile: |progress: )"
 )
 _FAILED_CONTAINER = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
 _WATCH_EVERY_S = 0.05  # how finely the ranks' exits are timed

@@ -11,8 +11,10 @@ torchtitan use too::
   dimensions, sequence length ``T``, forward and backward; the causal mask is not discounted.
 * Recomputation is not counted (model FLOPs, not hardware FLOPs).
 
-MFU = tokens/s × flops/token ÷ (devices × peak FLOP/s of one device). The peak is ``--peak-tflops``,
-or for a known GPU its dense bf16 figure; on CPU there is none and MFU is not reported.
+MFU = tokens/s × flops/token ÷ (devices × peak FLOP/s of one device), where tokens/s is the global
+rate (every token of the global batch once, whatever the layout) and devices the job's world size;
+tokens/s/device is the global rate over the devices. The peak is ``--peak-tflops``, or for a known
+GPU its dense figure in the compute dtype (``GPU_PEAK_TFLOPS``); on CPU there is none unless given.
 """
 
 from __future__ import annotations
@@ -24,16 +26,38 @@ from pathlib import Path
 
 FLOPS_FORMULA = "6N + 12·L·H·Q·T (PaLM; N = matmul parameters incl. LM head, excl. input embedding)"
 
-# Dense bf16 tensor-core peaks (TFLOP/s) of common GPUs, by a substring of the device name.
-_GPU_PEAK_TFLOPS = (
-    ("H200", 989.0),
-    ("H100", 989.0),
-    ("H800", 989.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("V100", 125.0),
+# Dense peaks (TFLOP/s, no sparsity) of one GPU per compute dtype, from NVIDIA's datasheets (the
+# README cites each); matched by a substring of the device name, the first match wins (a PCIe part
+# before its SXM sibling). float32 is the plain FP32 rate (TF32 tensor cores are not counted: a
+# run in float32 does not use them unless it is told to). V100 has no bf16.
+GPU_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 51.0}),
+    ("H100", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),
+    ("H200 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 60.0}),
+    ("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),
+    ("H800 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 51.0}),
+    ("H800", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),
+    ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
+    ("A800", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
+    ("V100-PCIE", {"float16": 112.0, "float32": 14.0}),
+    ("V100", {"float16": 125.0, "float32": 15.7}),
 )
+
+
+def peak_tflops_of(device_name: str, compute_dtype: str) -> float | None:
+    """The table's peak for a GPU name and compute dtype, or None if the GPU is not in it."""
+    for key, peaks in GPU_PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return peaks.get(compute_dtype)
+    return None
+
+
+def model_flops_utilisation(
+    tokens_per_s: float, flops_per_token_: float, devices: int, peak_tflops: float
+) -> float:
+    """Model FLOPs utilisation: the model FLOPs the whole job does per second (from the global
+    token rate) over the peak of all its devices."""
+    return tokens_per_s * flops_per_token_ / (devices * peak_tflops * 1e12)
 
 
 def flops_per_token(config, seq_len: int) -> float:
@@ -47,18 +71,17 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 def default_peak_tflops(compute_dtype: str) -> float | None:
+    """The peak of this machine's GPU for ``compute_dtype`` (the table above); None on CPU or for a
+    GPU the table does not know (then ``--peak-tflops`` gives it)."""
     try:
         import paddle
 
-        if not paddle.is_compiled_with_cuda() or compute_dtype != "bfloat16":
+        if not paddle.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0:
             return None
         name = paddle.device.cuda.get_device_name()
     except Exception:  # no device information: no MFU rather than a wrong one
         return None
-    for key, peak in _GPU_PEAK_TFLOPS:
-        if key in name:
-            return peak
-    return None
+    return peak_tflops_of(name, compute_dtype)
 
 
 class MetricsFile:
@@ -142,6 +165,8 @@ def format_step(record: dict, max_steps: int) -> str:
     ]
     if record.get("mfu") is not None:
         parts.append(f"mfu {_number(record, 'mfu', '.1f', 100)}%")
+    if record.get("peak_memory_gib") is not None:
+        parts.append(f"peak_mem {_number(record, 'peak_memory_gib', '.2f')}GiB")
     return " | ".join(parts)
 
 

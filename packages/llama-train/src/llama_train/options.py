@@ -236,10 +236,24 @@ class RunConfig:
     log_every: int = field(
         default=1, metadata=_meta("Log a line and a metrics record every N steps.", min=1)
     )
+    report_to: str = field(
+        default="jsonl",
+        metadata=_meta(
+            "Where records go, comma-separated: jsonl (OUTPUT/metrics.jsonl, always), tensorboard, "
+            "wandb, visualdl (each an extra: pip install 'llama-train[tensorboard]', ...)."
+        ),
+    )
+    profile_steps: str | None = field(
+        default=None,
+        metadata=_meta(
+            "Profile steps A-B (e.g. 5-7): a Paddle profiler trace per rank under "
+            "OUTPUT/profile/step-A-B/rank-N/ and the operator table once; nothing outside them."
+        ),
+    )
     peak_tflops: float | None = field(
         default=None,
         metadata=_meta(
-            "Peak TFLOP/s of one device, for MFU (default: known GPUs in bf16; none on CPU).",
+            "Peak TFLOP/s of one device, for MFU (default: known GPUs in the compute dtype; none on CPU).",
             min=0.0,
         ),
     )
@@ -482,6 +496,15 @@ def validate(cfg: RunConfig) -> None:
                 f"(which needs {accum})"
             )
         cfg.grad_accum = accum
+    from llama_train.reporting import parse_report_to
+
+    parse_report_to(cfg.report_to)
+    if cfg.profile_steps is not None:
+        _, last = parse_profile_steps(cfg.profile_steps)
+        if last > cfg.max_steps:
+            raise TrainError(
+                f"--profile-steps {cfg.profile_steps} ends after --max-steps {cfg.max_steps}"
+            )
     if cfg.min_lr > cfg.lr:
         raise TrainError(f"--min-lr {cfg.min_lr} exceeds --lr {cfg.lr}")
     if not 0 <= cfg.adam_beta1 < 1 or not 0 <= cfg.adam_beta2 < 1:
@@ -500,3 +523,15 @@ def validate(cfg: RunConfig) -> None:
             f"strategy {cfg.strategy} needs {world} processes but --nproc-per-node {cfg.procs_per_node} × "
             f"--nnodes {cfg.nnodes} = {cfg.procs_per_node * cfg.nnodes}"
         )
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int]:
+    """``"A-B"`` (or ``"A"``) -> (A, B), 1 ≤ A ≤ B."""
+    parts = spec.split("-")
+    try:
+        first, last = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (0, -1)
+    except ValueError:
+        first, last = 0, -1
+    if not 1 <= first <= last:
+        raise TrainError(f"--profile-steps must be A-B with 1 ≤ A ≤ B (steps), got {spec!r}")
+    return first, last

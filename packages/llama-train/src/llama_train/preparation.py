@@ -24,6 +24,7 @@ from llama_train import checkpoint, model_setup
 from llama_train.data import TrainData, check_data_files
 from llama_train.errors import TrainError, os_error_line
 from llama_train.options import RunConfig
+from llama_train.progress import heartbeat
 from llama_train.runlock import RunLock, check_node0_holds
 from llama_train.supervise import RUN_ID_ENV
 
@@ -39,15 +40,20 @@ class Prepared:
     init_ignored_for: Path | None = None  # the checkpoint resumed instead of --init-from
 
 
-def prepare(cfg: RunConfig) -> Prepared:
+def prepare(cfg: RunConfig, say=None) -> Prepared:
     """Complete ``cfg`` (sequence length), check it and the run directory; raises TrainError with
-    one line. The returned lock is held until the caller releases it (or exits)."""
+    one line. The returned lock is held until the caller releases it (or exits). ``say``: where
+    progress lines of long checks go (none if not given)."""
+    from llama_train.reporting import check_available, parse_report_to
+
+    check_available(parse_report_to(cfg.report_to))
     config = model_setup.model_config(cfg)
     model_setup.resolve_seq_len(cfg, config)
     strategy = model_setup.strategy_of(cfg)
     model_setup.check_layout(cfg, config, strategy)
-    check_data_files(cfg, config.vocab_size)
-    data = TrainData(cfg, rank=0)
+    with heartbeat("checking the data and building its sample indices", say):
+        check_data_files(cfg, config.vocab_size)
+        data = TrainData(cfg, rank=0)
     data.check_enough(cfg.max_steps)
     out = Path(cfg.output)
     _check_output_path(out)

@@ -13,14 +13,16 @@ import math
 import time
 from dataclasses import dataclass
 
+from llama_train import memory
 from llama_train.checkpoint import CheckpointManager, TrainerState
 from llama_train.metrics import (
     FLOPS_FORMULA,
-    MetricsFile,
     flops_per_token,
     format_eval,
     format_step,
+    model_flops_utilisation,
 )
+from llama_train.profiling import StepProfiler
 from llama_train.schedule import LRSchedule
 
 
@@ -54,7 +56,7 @@ class Trainer:
         state: TrainerState,
         *,
         console=None,
-        metrics: MetricsFile | None = None,
+        metrics=None,
         stop=None,
         peak_tflops=None,
     ):
@@ -65,7 +67,7 @@ class Trainer:
         self.ckpt = ckpt
         self.state = state
         self.console = console  # rank 0 only
-        self.metrics = metrics  # rank 0 only
+        self.metrics = metrics  # reporting.Reporter, rank 0 only
         self.stop = stop
         self.schedule = LRSchedule.from_config(cfg)
         self.flops_per_token = flops_per_token(pm.config, cfg.seq_len)
@@ -92,18 +94,31 @@ class Trainer:
         self.say(
             f"model FLOPs per token = {FLOPS_FORMULA} = {self.flops_per_token:,.0f}; MFU: {mfu_note}"
         )
+        params, moments = memory.state_bytes(self.pm, cfg.sharding_stage)
+        largest = [max(r) for r in zip(*memory.gather([params, moments], self.pm.distributed))]
+        self.say(
+            f"memory per rank (largest): parameters {largest[0] / memory.GIB:.3f} GiB, AdamW state "
+            f"{largest[1] / memory.GIB:.3f} GiB (float32 moments)"
+        )
         window = _Window()
         first_step = state.step + 1
         kernels.reset_usage()
+        profiler = StepProfiler(cfg.profile_steps, cfg.output, self.pm.rank, memory.on_gpu())
         while state.step < cfg.max_steps:
             step = state.step + 1
             paddle.seed(step_seed(cfg.seed, step))
             lr = self.schedule(step)
             self.step_fn.set_lr(lr)
             input_ids, labels = self.data.batch(state.consumed_samples)
+            profiler.before_step(step)
             start = time.perf_counter()
             loss, norm = self.step_fn.run(step, input_ids, labels)
             window.add(time.perf_counter() - start)
+            table = profiler.after_step(step)
+            if table:
+                self.say(f"profile: steps {cfg.profile_steps}, traces in {profiler.directory}")
+                for line in table:
+                    self.say(f"profile: {line}")
             if step == first_step:  # what this run's kernels really did, from their call counters
                 self.say(f"kernels: {kernels.usage_summary()}")
             state.step = step
@@ -125,13 +140,16 @@ class Trainer:
         return state
 
     def _log(self, step: int, loss: float, lr: float, norm: float, window: _Window) -> None:
+        peaks = memory.peak_record(self.pm.distributed)  # a collective: every rank takes part
         if self.metrics is None and self.console is None:
             return
         step_time = window.seconds / max(window.steps, 1)
         tokens_per_s = self.cfg.tokens_per_step / step_time if step_time > 0 else 0.0
         mfu = None
         if self.peak_tflops:
-            mfu = tokens_per_s * self.flops_per_token / (self.world * self.peak_tflops * 1e12)
+            mfu = model_flops_utilisation(
+                tokens_per_s, self.flops_per_token, self.world, self.peak_tflops
+            )
         record = {
             "step": step,
             "split": "train",
@@ -145,6 +163,7 @@ class Trainer:
             "tokens_per_s_per_device": tokens_per_s / self.world,
             "model_tflops_per_device": tokens_per_s * self.flops_per_token / self.world / 1e12,
             "mfu": mfu,
+            **peaks,
             "time": time.time(),
         }
         if self.metrics is not None:

@@ -93,9 +93,11 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
     from llama_train import model_setup
     from llama_train.checkpoint import CheckpointManager
     from llama_train.data import TrainData
-    from llama_train.metrics import MetricsFile, default_peak_tflops
+    from llama_train.metrics import default_peak_tflops
     from llama_train.optimizer import build_optimizer
     from llama_train.preemption import StopRequest
+    from llama_train.progress import heartbeat
+    from llama_train.reporting import Reporter, flat_hparams
     from llama_train.steps import build_step
     from llama_train.trainer import Trainer
 
@@ -106,14 +108,16 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
         dtype = model_setup.compute_dtype(cfg)
         recompute = cfg.recompute_granularity if cfg.recompute else None
         weights = _initial_weights(cfg)
-        pm = ParallelModel.build(
-            config,
-            strategy,
-            seed=cfg.seed,
-            recompute=recompute,
-            compute_dtype=dtype,
-            weights=weights,
-        )
+        reading = f"reading the weights of {cfg.init_from}" if weights is not None else "building"
+        with heartbeat(reading, console.line if console is not None and weights else None):
+            pm = ParallelModel.build(
+                config,
+                strategy,
+                seed=cfg.seed,
+                recompute=recompute,
+                compute_dtype=dtype,
+                weights=weights,
+            )
         stop = StopRequest(distributed=pm.distributed)
         step_fn = build_step(cfg, pm, build_optimizer(pm, cfg))
         data = TrainData(cfg)
@@ -123,9 +127,10 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
             cfg.output, rank, strategy.world_size, cfg.keep_last, config, cfg.tokenizer
         )
         state, resumed_from = _restore(cfg, step_fn, data, ckpt, config, strategy)
-        metrics = (
-            MetricsFile(cfg.output, state.step if resumed_from else None) if rank == 0 else None
-        )
+        metrics = None
+        if rank == 0:
+            hparams = flat_hparams(cfg.to_dict())
+            metrics = Reporter(cfg, state.step if resumed_from else None, hparams)
         if rank != 0:
             console = None
         if console is not None:
