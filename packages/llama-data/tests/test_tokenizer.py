@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+import shutil
 import sys
 
 import pytest
@@ -12,7 +14,7 @@ import tokenizers
 
 from llama_data import DataError, Tokenizer, load_tokenizer, train_tokenizer
 from llama_data.spm_model import read_model_settings, splits_at_newlines
-from llama_data.tokenizer import split_after_newlines
+from llama_data.tokenizer import SentencePieceTokenizer, split_after_newlines
 
 WORDS = [
     "the",
@@ -259,3 +261,13 @@ def test_bad_tokenizer_spec(tmp_path, content, name, message):
 def test_directory_without_tokenizer(tmp_path):
     with pytest.raises(DataError, match=r"neither tokenizer\.model nor tokenizer\.json"):
         load_tokenizer(tmp_path)
+
+
+def test_content_decides_and_bad_files_are_one_line(spm_model, tmp_path):
+    shutil.copy(spm_model, tmp_path / "tokenizer.model")
+    assert isinstance(load_tokenizer(tmp_path), SentencePieceTokenizer)  # a protobuf, not tiktoken
+    bad = tmp_path / "bad.model"
+    good = b"".join(base64.b64encode(bytes([i])) + b" %d\n" % i for i in range(10))
+    bad.write_bytes(good + b"!!!! 10\n")  # tiktoken by its first lines, broken further down
+    with pytest.raises(DataError, match="line 11 is not 'base64-token rank'"):
+        load_tokenizer(bad)

@@ -24,6 +24,10 @@ def test_missing_axes_are_one():
         ("dp2dp2", "names dp twice"),
         ("dp0", "≥ 1"),
         ("dp", "cannot parse"),
+        ("mp-2", "cannot parse"),  # a separator inside an axis token
+        ("dp2mp3xx", "cannot parse"),  # trailing separators
+        ("dp2--mp2", "cannot parse"),
+        ("x dp2", "cannot parse"),
     ],
 )
 def test_bad_strings(text, message):

@@ -4,7 +4,7 @@ from .distcp import DistCheckpoint
 from .dtypes import to_float32
 from .errors import CheckpointError, UnsafePickleError
 from .export import export
-from .layouts import from_hf_name, to_hf_name
+from .layouts import from_hf_name, state_dict_from_hf, state_dict_to_hf, to_hf_name
 from .merge import merge
 from .pdparams_io import read_pdparams
 from .safe_pickle import load as safe_load
@@ -26,6 +26,8 @@ __all__ = [
     "open_source",
     "read_pdparams",
     "safe_load",
+    "state_dict_from_hf",
+    "state_dict_to_hf",
     "to_float32",
     "to_hf_name",
 ]

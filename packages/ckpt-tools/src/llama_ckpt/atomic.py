@@ -2,7 +2,8 @@
 
 Everything is written under a hidden temporary name in the destination's directory and renamed at
 the end (`os.replace`, atomic on one file system). On any error, or Ctrl-C, the temporary is
-removed and an existing destination is left as it was.
+removed and an existing destination is left as it was. This is the project's one implementation
+for every package that depends on llama-ckpt-tools (llama-model, llama-train, llama-infer).
 """
 
 from __future__ import annotations
@@ -53,3 +54,15 @@ def atomic_output(final: str, overwrite: bool, directory: bool = False) -> Itera
         _remove(old)
     else:
         os.replace(tmp, final)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, fsync: bool = False) -> None:
+    """Replace the file ``path`` by ``data`` (text as UTF-8) in one rename; ``fsync``: on disk
+    before the rename (a pointer that must survive a power cut, such as a checkpoint's)."""
+    path = os.fspath(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+        fh.write(raw)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())

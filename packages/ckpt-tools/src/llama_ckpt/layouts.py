@@ -5,7 +5,8 @@ paddle (PaddleNLP): `llama.embed_tokens.weight`, `llama.layers.{i}.self_attn.q_p
 hf (transformers): `model.` instead of `llama.`, `lm_head.weight` unchanged; Linear weights
 `[out, in]`. Embeddings and norms are the same in both.
 
-Everything else in this package speaks paddle names; this module is the one place that knows hf.
+Everything else in this package speaks paddle names; this module is the one place that knows hf,
+for the whole project (llama-model re-exports ``state_dict_to_hf`` / ``state_dict_from_hf``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def from_hf(hf_name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
     if is_linear(name, array.ndim):
         array = np.ascontiguousarray(array.T)
     return name, array
+
+
+def state_dict_to_hf(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A whole state dict of numpy arrays from the paddle layout to the hf one."""
+    return dict(to_hf(name, array) for name, array in state.items())
+
+
+def state_dict_from_hf(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A whole state dict of numpy arrays from the hf layout to the paddle one."""
+    return dict(from_hf(name, array) for name, array in state.items())
 
 
 def detect(names: list[str], default: str | None = PADDLE) -> str | None:

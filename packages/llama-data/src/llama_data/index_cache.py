@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_data.errors import DataError
+from llama_data.fileio import write_atomically
 
 CACHE_FORMAT_VERSION = 1
 DEFAULT_TIMEOUT = 1800.0  # seconds a non-builder waits; a big corpus takes minutes on rank 0
@@ -105,20 +105,6 @@ def load_entry(cache_dir: Path, stem: str) -> CacheEntry | None:
     return CacheEntry(arrays, meta.get("extra", {}), paths, built=False)
 
 
-def _write_atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_entry(
     cache_dir: Path, stem: str, arrays: dict[str, np.ndarray], description: dict, extra: dict
 ) -> None:
@@ -128,7 +114,9 @@ def save_entry(
     files = {}
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
-        _write_atomic(paths[name], lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        write_atomically(
+            paths[name], lambda f, a=arr: np.save(f, a, allow_pickle=False), fsync=True
+        )
         files[name] = {
             "shape": list(arr.shape),
             "dtype": arr.dtype.str,
@@ -136,7 +124,7 @@ def save_entry(
         }
     meta = {"description": description, "extra": extra, "files": files}
     text = json.dumps(meta, indent=1, sort_keys=True).encode()
-    _write_atomic(paths["meta"], lambda f: f.write(text))
+    write_atomically(paths["meta"], lambda f: f.write(text), fsync=True)
 
 
 def build_or_load(

@@ -1,14 +1,20 @@
-"""Tokenizers behind one small protocol: SentencePiece models, Hugging Face ``tokenizer.json``, bytes.
+"""Tokenizers behind one small protocol: SentencePiece models, Hugging Face ``tokenizer.json``,
+Meta's tiktoken ``tokenizer.model`` (Llama-3), bytes.
 
-``load_tokenizer(spec)`` picks the implementation from the spec. SentencePiece and Hugging Face
-``tokenizers`` are optional dependencies, imported only when a spec needs them.
+``load_tokenizer(spec)`` picks the implementation from the spec, and tells a ``tokenizer.model`` by
+its content: a SentencePiece model (LLaMA-1/2) is a protobuf, Llama-3's is tiktoken's text format
+(one ``base64-token rank`` line per token). SentencePiece, Hugging Face ``tokenizers`` and
+``tiktoken`` are optional dependencies, imported only when a spec needs them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import importlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -192,16 +198,102 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+class TiktokenTokenizer:
+    """Meta's Llama-3 ``tokenizer.model``: tiktoken BPE ranks plus Llama-3's 256 special tokens.
+
+    Read with OpenAI's ``tiktoken`` (the library Meta's reference tokenizer uses: a maintained Rust
+    BPE), with Meta's split pattern and special tokens. The rank file is parsed here, not by
+    ``tiktoken.load``, which would also cache it under the temporary directory."""
+
+    PATTERN = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+        r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    SPECIAL = (
+        "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+        "<|reserved_special_token_1|>", "<|reserved_special_token_2|>",
+        "<|reserved_special_token_3|>", "<|start_header_id|>", "<|end_header_id|>",
+        "<|reserved_special_token_4|>", "<|eot_id|>",
+        *(f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)),
+    )  # fmt: skip
+
+    def __init__(self, path: str | os.PathLike):
+        tiktoken = optional_import("tiktoken", "tiktoken", "a tiktoken tokenizer.model (Llama-3)")
+        self.path = Path(path)
+        self.name = str(path)
+        ranks = _read_tiktoken_ranks(self.path)
+        self._base = len(ranks)
+        specials = {token: self._base + i for i, token in enumerate(self.SPECIAL)}
+        self._enc = tiktoken.Encoding(
+            name=self.path.name,
+            pat_str=self.PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens=specials,
+        )
+        self.vocab_size = self._base + len(specials)
+        self.bos_id = specials["<|begin_of_text|>"]
+        self.eos_id = specials["<|end_of_text|>"]
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._enc.encode_ordinary_batch(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode([int(i) for i in ids if int(i) < self._base])
+
+
+_TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/]+={0,2} \d+\r?$")
+
+
+def is_tiktoken_file(path: Path) -> bool:
+    """Whether ``path`` starts with tiktoken's ``base64-token rank`` lines (not a protobuf)."""
+    with open(path, "rb") as f:
+        lines = f.read(4096).split(b"\n")[:8]
+    return len(lines) > 1 and all(_TIKTOKEN_LINE.match(line) for line in lines[:-1] if line)
+
+
+def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    ranks = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise DataError(
+                f"{path}: line {number} is not 'base64-token rank' (tiktoken format)"
+            ) from None
+    return ranks
+
+
+def _tokenizer_model(path: Path, json_beside: Path | None) -> Tokenizer:
+    """A ``tokenizer.model`` by its content; Llama-3's with its ``tokenizer.json`` beside it goes to
+    Hugging Face ``tokenizers`` (the same ids), alone to tiktoken."""
+    if not is_tiktoken_file(path):
+        return SentencePieceTokenizer(path)
+    if json_beside is not None and json_beside.is_file():
+        return HFTokenizer(json_beside)
+    return TiktokenTokenizer(path)
+
+
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """A tokenizer from ``spec``: ``"byte"``, a SentencePiece ``.model``, a ``tokenizer.json``, or a
-    directory holding ``tokenizer.model`` (preferred: the original of LLaMA-1/2) or ``tokenizer.json``."""
+    """A tokenizer from ``spec``: ``"byte"``, a SentencePiece ``.model``, a tiktoken
+    ``tokenizer.model`` (Llama-3), a ``tokenizer.json``, or a directory holding ``tokenizer.model``
+    (preferred: the original) or ``tokenizer.json``."""
     spec_str = os.fspath(spec)
     if spec_str == BYTE_SPEC:
         return ByteTokenizer()
     path = Path(spec_str)
     if path.is_dir():
         if (path / "tokenizer.model").is_file():
-            return SentencePieceTokenizer(path / "tokenizer.model")
+            return _tokenizer_model(path / "tokenizer.model", path / "tokenizer.json")
         if (path / "tokenizer.json").is_file():
             return HFTokenizer(path / "tokenizer.json")
         raise DataError(f"{path}: directory holds neither tokenizer.model nor tokenizer.json")
@@ -212,7 +304,7 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
         )
     if path.suffix == ".json" or _starts_with_brace(path):
         return HFTokenizer(path)
-    return SentencePieceTokenizer(path)
+    return _tokenizer_model(path, None)
 
 
 def _starts_with_brace(path: Path) -> bool:

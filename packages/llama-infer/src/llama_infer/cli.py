@@ -69,18 +69,9 @@ def read_prompts(path: str) -> list[dict]:
 
 def write_jsonl(path: str, records: list[dict]) -> None:
     """Written under a temporary name in the same directory, then renamed: never half a file."""
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}"
-    )
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from llama_ckpt.atomic import write_atomic
+
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _stream_one(gen, prompt: str, options: dict) -> None:

@@ -25,6 +25,7 @@ import os
 import shutil
 import warnings
 
+from llama_ckpt.atomic import atomic_output
 from llama_infer._paddle import paddle
 from llama_infer.decoding import DecodeWeights, decode_forward
 from llama_infer.errors import InferError
@@ -100,10 +101,9 @@ def export_model(
     dtype = str(model.llama.embed_tokens.weight.dtype).replace("paddle.", "")
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    # Published whole or not at all (llama-ckpt-tools' atomic output: a temporary directory beside
+    # it, renamed at the end; an existing export is swapped out only then).
+    with atomic_output(output, overwrite=True, directory=True) as tmp:
         model.eval()
         steps = _Steps(model)
         steps.eval()
@@ -137,12 +137,6 @@ def export_model(
         for leftover in os.listdir(tmp):  # jit.save's loader metadata: the predictor needs none
             if leftover.endswith((".pdmodel.info", ".meta", ".info")):
                 os.unlink(os.path.join(tmp, leftover))
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

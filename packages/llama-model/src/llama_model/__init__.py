@@ -1,9 +1,9 @@
 """A LLaMA decoder on PaddlePaddle with a declarative dp/mp/pp auto-parallel plan."""
 
+from llama_ckpt import state_dict_from_hf, state_dict_to_hf  # the hf <-> paddle names' one owner
 from llama_model import kernels
 from llama_model.config import PRESETS, LlamaConfig, preset
 from llama_model.errors import LlamaModelError
-from llama_model.hf_names import state_dict_from_hf, state_dict_to_hf
 from llama_model.host_reads import count_host_reads
 from llama_model.kernels import backend as kernel_backend
 from llama_model.loss import IGNORE_INDEX, causal_lm_loss, count_valid_tokens, token_loss_sum

@@ -15,6 +15,8 @@ from llama_model.errors import LlamaModelError
 MESH_DIMS = ("pp", "dp", "mp")
 SCHEDULES = ("FThenB", "1F1B", "VPP")
 _TOKEN = re.compile(r"(dp|mp|pp)(\d+)")
+# Axis tokens back to back or with one separator between them; nothing else ("mp-2" is not mp2).
+_STRATEGY = re.compile(r"(?:dp|mp|pp)\d+(?:[-_x]?(?:dp|mp|pp)\d+)*")
 
 
 @dataclass(frozen=True)
@@ -89,27 +91,26 @@ class Strategy:
     # ------------------------------------------------------------------------------------ parse
     @classmethod
     def parse(cls, text: str, **options) -> Strategy:
-        """``"dp2mp2pp2"``, ``"pp2-dp4"``, ``"mp8"``, ``"dp1"`` (one process). Options: the other
+        """``"dp2mp2pp2"``, ``"pp2-dp4"``, ``"DP2xMP2"``, ``"mp8"``, ``"dp1"`` (one process): axes in
+        any order, case-insensitive, back to back or with one ``-``, ``_`` or ``x`` between them;
+        anything else is refused (``"mp-2"``, ``"dp2mp3xx"``). Options: the other
         fields (micro_batches, schedule, stage_layers, sequence_parallel, sharding_stage)."""
-        spec = text.strip().lower().replace("-", "").replace("_", "").replace("x", "")
+        spec = text.strip().lower()
         if not spec:
             raise LlamaModelError("empty strategy string (expected e.g. 'dp2mp2pp2')")
+        if not _STRATEGY.fullmatch(spec):
+            raise LlamaModelError(
+                f"cannot parse strategy {text!r}: expected axes dp/mp/pp each followed by a degree, "
+                "optionally separated by '-', '_' or 'x', e.g. 'dp2mp2pp2'"
+            )
         degrees: dict[str, int] = {}
-        pos = 0
         for match in _TOKEN.finditer(spec):
-            if match.start() != pos:
-                break
             axis, degree = match.group(1), int(match.group(2))
             if axis in degrees:
                 raise LlamaModelError(f"strategy {text!r} names {axis} twice")
             if degree < 1:
                 raise LlamaModelError(f"strategy {text!r}: degree of {axis} must be ≥ 1")
             degrees[axis] = degree
-            pos = match.end()
-        if pos != len(spec):
-            raise LlamaModelError(
-                f"cannot parse strategy {text!r}: expected axes dp/mp/pp each followed by a degree, e.g. 'dp2mp2pp2'"
-            )
         return cls(**degrees, **options)
 
     def __str__(self) -> str:

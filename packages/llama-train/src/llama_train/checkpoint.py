@@ -37,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llama_ckpt.atomic import write_atomic
 from llama_ckpt.runs import COMPLETE, LATEST, TRAINER_STATE  # the protocol's names: one owner
 from llama_train.errors import TrainError
 
@@ -93,12 +94,7 @@ def step_dir_name(step: int) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text, fsync=True)
 
 
 def _fsync_dir(path: Path) -> None:

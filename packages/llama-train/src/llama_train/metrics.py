@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from llama_ckpt.atomic import write_atomic
 
 FLOPS_FORMULA = "6N + 12·L·H·Q·T (PaLM; N = matmul parameters incl. LM head, excl. input embedding)"
 
@@ -104,9 +105,7 @@ class MetricsFile:
             for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         """Append ``record`` as one line of strict JSON: a NaN or infinite value is written as

@@ -12,9 +12,9 @@ same names with ``_`` or ``-`` in a config file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,10 +305,7 @@ class RunConfig:
     # ------------------------------------------------------------------------------- derived
     @property
     def dp_mp_pp(self) -> tuple[int, int, int]:
-        from llama_model import Strategy  # late: only the derived values need it
-
-        s = Strategy.parse(self.strategy)
-        return s.dp, s.mp, s.pp
+        return _degrees(self.strategy)
 
     @property
     def world_size(self) -> int:
@@ -351,11 +348,9 @@ class RunConfig:
         return {"format": CONFIG_FORMAT, **dataclasses.asdict(self)}
 
     def write(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        from llama_ckpt.atomic import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: str) -> RunConfig:
@@ -363,6 +358,15 @@ class RunConfig:
             data = json.load(fh)
         data.pop("format", None)
         return cls(**data)
+
+
+@functools.lru_cache(maxsize=8)
+def _degrees(spec: str) -> tuple[int, int, int]:
+    """(dp, mp, pp) of a strategy string, parsed once per string (the step loop reads them)."""
+    from llama_model import Strategy  # late: only the derived values need it
+
+    s = Strategy.parse(spec)
+    return s.dp, s.mp, s.pp
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llama_ckpt.atomic import atomic_output
 from llama_train.errors import TrainError
 from llama_train.metrics import read_metrics
 
@@ -71,10 +72,9 @@ def plot_runs(outputs: list[str], png: str | None = None) -> Path:
     axes[-1].set_xlabel("step")
     fig.suptitle(" vs ".join(name for name, _, _ in runs))
     fig.tight_layout()
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(str(target), overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(target)
     return target
 
 
