@@ -34,6 +34,9 @@ def child_paddle(directory: str, batch: int, repeats: int) -> dict[str, list[flo
     """llama-infer on a model directory (dygraph) or an export directory (static programs)."""
     import numpy as np
 
+    from llama_model import configure_runtime
+
+    configure_runtime()  # as the llama-infer command does, before Paddle loads
     from llama_infer import Generator
 
     gen = Generator(directory, threads=int(os.environ["BENCH_THREADS"]))
@@ -84,6 +87,9 @@ def _timed(once, repeats: int) -> dict[str, list[float]]:
 def make_models(root: str) -> dict[str, dict[str, str]]:
     """Random config-T weights as a paddle-layout and an hf-layout model directory, and exported to
     static programs: {"kv8": {"dygraph": dir, "static": dir, "hf": dir}, "kv2": ...}."""
+    from llama_model import configure_runtime
+
+    configure_runtime()
     import paddle
 
     from llama_ckpt import export

@@ -34,6 +34,8 @@ SHAPE = dict(
 RANK = r"""
 import json, os, resource, sys, time
 import numpy as np
+from llama_model import configure_runtime
+configure_runtime()
 from llama_model import LlamaConfig, ParallelModel, Strategy
 from llama_model.parallel import init_distributed
 from llama_model.pretrained import PretrainedWeights

@@ -56,10 +56,13 @@ def _time_steps(step, batches, warmup):
 
 
 def worker_paddle(kv, steps, warmup, threads, static):
-    # llama_model first, as a user would: it sets up Paddle's MKL for AMD CPUs before paddle loads.
+    # The runtime settings first, as the applications do: MKL's AVX2 path on AMD CPUs is chosen
+    # when paddle loads.
     import importlib
 
-    from llama_model import LlamaConfig, ParallelModel, Strategy, kernel_backend
+    from llama_model import LlamaConfig, ParallelModel, Strategy, configure_runtime, kernel_backend
+
+    configure_runtime()
 
     paddle = importlib.import_module("paddle")
 

@@ -18,8 +18,19 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from llama_model import ParallelModel, Strategy, count_host_reads, kernels, preset, read_floats
+from llama_model import (
+    ParallelModel,
+    Strategy,
+    configure_runtime,
+    count_host_reads,
+    kernels,
+    preset,
+    read_floats,
+)
 
+# After paddle, as this driver always imported it: only the allocator setting takes effect, the
+# environment variables come too late (the golden losses were recorded this way).
+configure_runtime()
 GLOBAL_BATCH, SEQ = 8, 32
 
 

@@ -116,3 +116,15 @@ def test_vpp_chunks_must_split_the_layers():
     s = Strategy(pp=2, schedule="VPP", virtual_pp_degree=3, micro_batches=2)
     with pytest.raises(LlamaModelError, match="6 chunks do not split num_hidden_layers"):
         s.validate(preset("tiny"))
+
+
+def test_to_dict_round_trips_through_json():
+    import json
+
+    s = Strategy.parse("dp2pp2", micro_batches=4, schedule="VPP", virtual_pp_degree=2)
+    again = Strategy.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s and again.to_dict()["virtual_pp_degree"] == 2
+    split = Strategy(pp=2, stage_layers=(3, 1))
+    assert Strategy.from_dict(json.loads(json.dumps(split.to_dict()))).stage_layers == (3, 1)
+    with pytest.raises(LlamaModelError, match="unknown strategy fields: bogus"):
+        Strategy.from_dict({**s.to_dict(), "bogus": 1})

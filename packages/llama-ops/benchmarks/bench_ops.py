@@ -29,8 +29,10 @@ def _parse() -> argparse.Namespace:
 
 
 ARGS = _parse()
-# Paddle sets OMP_NUM_THREADS=1 at import unless it is already set: set it first.
+# Paddle sets OMP_NUM_THREADS=1 at import unless it is already set: set it first. libgomp must not
+# spin between the fused kernels and Paddle's matmuls (what llama-model's configure_runtime sets).
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+os.environ.setdefault("GOMP_SPINCOUNT", "0")
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402

@@ -58,11 +58,12 @@ def worker_bare(steps: int, warmup: int, data: str) -> dict:
     import numpy as np
 
     from llama_data import GPTDataset
-    from llama_model import ParallelModel, Strategy, preset
+    from llama_model import ParallelModel, Strategy, configure_runtime, preset
 
-    # paddle only after llama_model, as in the trainer: llama_model sets up the MKL that Paddle's
-    # CPU wheel loads (its generic path on AMD CPUs is ~3x slower), which works only before paddle
-    # is imported. Importing paddle first made this loop slower than the trainer.
+    # As the trainer's worker does: the runtime settings before paddle loads (MKL's generic path on
+    # AMD CPUs is ~3x slower, and MKL reads the setting when Paddle loads it). Importing paddle
+    # first made this loop slower than the trainer.
+    configure_runtime()
     paddle = importlib.import_module("paddle")
 
     ds = GPTDataset(data, seq_len=T_SEQ, num_samples=1, split="1")

@@ -140,6 +140,21 @@ def test_two_ranks_profile_and_report_memory(tiny_corpus, tmp_path):
         assert list((out / "profile" / "step-2-2" / f"rank-{rank}").glob("*.json"))
     last = read_metrics(str(out))[-1]
     assert len(last["peak_memory_gib_per_rank"]) == 2
+    # The run's one Strategy, as every rank read it; rank 0's lines as the launcher relayed them.
+    parallel = json.loads((out / "run_config.json").read_text())["parallel"]
+    assert (parallel["dp"], parallel["mp"], parallel["pp"], parallel["micro_batches"]) == (
+        2,
+        1,
+        1,
+        1,
+    )
+    events = [
+        json.loads(line)["text"]
+        for line in (out / "logs" / "events.jsonl").read_text().splitlines()
+    ]
+    assert events[0].startswith("dp2mp1pp1 on 2 process(es)") and any(
+        e.startswith("step 2/2") for e in events
+    )
     assert last["peak_memory_gib"] == pytest.approx(max(last["peak_memory_gib_per_rank"]), abs=1e-4)
     assert sorted(s for s, _ in _tensorboard(out / "tensorboard")["train/loss"]) == [1, 2]
 

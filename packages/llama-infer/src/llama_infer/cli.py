@@ -136,6 +136,13 @@ def main():
     """
     import warnings
 
+    try:
+        from llama_model.runtime import configure_runtime
+    except ImportError:  # the static path (an export directory) runs without llama-model
+        pass
+    else:
+        configure_runtime()  # before Paddle loads: see llama-model's runtime module
+
     # Third-party warnings that say nothing to the user of this command, ignored while it runs (in
     # this process only; the library modules never touch the warning filters). Paddle 3.3.1 warns
     # on import that it found no ccache, which matters only to someone compiling C++ operators.

@@ -6,6 +6,7 @@ is always ``[pp, dp, mp]`` (DESIGN §3): a rank's coordinates are (stage, dp rep
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -115,6 +116,22 @@ class Strategy:
 
     def __str__(self) -> str:
         return f"dp{self.dp}mp{self.mp}pp{self.pp}"
+
+    def to_dict(self) -> dict:
+        """Every field, as JSON takes them (a launcher writes it once; ranks read it back)."""
+        out = dataclasses.asdict(self)
+        if self.stage_layers is not None:
+            out["stage_layers"] = list(self.stage_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Strategy:
+        """The inverse of ``to_dict`` (validated again)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise LlamaModelError(f"unknown strategy fields: {', '.join(unknown)}")
+        return cls(**data)
 
     @property
     def world_size(self) -> int:

@@ -1,16 +1,11 @@
 """The one place that imports paddle, so a missing install fails with one readable line.
 
-When llama-ops is imported before paddle, it sets ``GOMP_SPINCOUNT=0`` (unless the user set it) first:
-its kernels run on GCC's OpenMP runtime (libgomp, loaded with paddle) while Paddle's matmuls run on
-Intel's (libiomp5), and libgomp's threads spinning after each kernel hold the cores the next matmul
-needs. llama-model and llama-infer do the same when they import paddle first.
+Importing llama-ops changes nothing process-wide. Its kernels run on GCC's OpenMP runtime (libgomp,
+loaded with paddle) while Paddle's matmuls run on Intel's (libiomp5), and libgomp's threads spinning
+after each kernel hold the cores the next matmul needs: set ``GOMP_SPINCOUNT=0`` before paddle is
+imported, or call llama-model's ``configure_runtime()``, which does it when llama-ops is installed
+(llama-train and llama-infer call it).
 """
-
-import os
-import sys
-
-if "paddle" not in sys.modules and os.environ.get("LLAMA_OPS_DISABLE", "") in ("", "0"):
-    os.environ.setdefault("GOMP_SPINCOUNT", "0")
 
 try:
     import paddle

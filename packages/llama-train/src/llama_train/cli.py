@@ -112,6 +112,9 @@ def run_command(config_file, **flags):
     """
     if importlib.util.find_spec("paddle") is None:
         raise _Failure(PADDLE_MISSING)
+    from llama_model.runtime import configure_runtime
+
+    configure_runtime()  # before Paddle loads (the checks below load it): see llama-model's runtime
     try:
         prepared = _prepare(config_file, flags)
     except TrainError as exc:

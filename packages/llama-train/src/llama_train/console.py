@@ -2,10 +2,13 @@
 
 The trainer (in a one-process run) and the launcher (relaying rank 0's lines in a launched one)
 both talk through this, so a terminal gets a bar either way and a file or pipe gets plain lines.
+A launched rank 0 also appends each line to ``OUTPUT/logs/events.jsonl`` (``{"text": ...}``), the
+structured channel the launcher relays from: nothing reads the console output back.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -14,12 +17,18 @@ STEP_LINE = re.compile(r"^step (\d+)/(\d+)\b")
 
 
 class Console:
-    def __init__(self, stream=None, bar: bool | None = None):
+    def __init__(
+        self, stream=None, bar: bool | None = None, events: str | os.PathLike | None = None
+    ):
         self.stream = stream or sys.stdout
         self.use_bar = self.stream.isatty() if bar is None else bar
         self._bar = None
+        self.events = events  # a JSON-lines file each line also goes to (launched rank 0)
 
     def line(self, text: str) -> None:
+        if self.events is not None:
+            with open(self.events, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
         try:
             self._line(text)
         except OSError:  # the terminal went away (SIGHUP): the job goes on to its clean stop

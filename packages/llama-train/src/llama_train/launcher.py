@@ -9,8 +9,9 @@
 the same command runs on a CPU box (the launcher picks gloo when it selects no device) and on a GPU
 cluster (NCCL). Paddle's launcher already does what a job needs when a rank dies: it sends SIGTERM
 to the other ranks of the node, kills them 3 s later and exits (its ``--elastic_level`` default, -1,
-never restarts). This module relays rank 0's lines from its log (``OUTPUT/logs/workerlog.0``; each
-rank writes ``workerlog.<global rank>``) to the console (a progress bar on a terminal), keeps the
+never restarts). This module relays rank 0's console lines, which its console also appends to
+``OUTPUT/logs/events.jsonl`` as JSON (each rank's own output goes to ``workerlog.<global rank>``),
+to the front process's console (a progress bar on a terminal), keeps the
 launcher's own output in ``OUTPUT/logs/launcher.log``, passes SIGTERM, SIGINT and SIGHUP on to the
 launcher as SIGTERM (which forwards it to the ranks: they save a checkpoint and exit), watches the
 ranks' exits, and turns the outcome into one line naming the first rank that failed.
@@ -22,6 +23,7 @@ A one-process job on one node does not go through the launcher: it runs in the c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -33,12 +35,9 @@ from pathlib import Path
 
 from llama_train import supervise
 from llama_train.console import Console
+from llama_train.worker import events_file
 
 # Rank 0's lines meant for the user; Paddle's own chatter stays in the logs.
-_OUR_LINE = re.compile(
-    r"^(step \d+/|eval step |saved checkpoint |stopped by a signal|model FLOPs|kernels: |Error: "
-    r"|dp\d+mp\d+pp\d+ on |memory per rank|profile: |progress: )"
-)
 _FAILED_CONTAINER = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
 _WATCH_EVERY_S = 0.05  # how finely the ranks' exits are timed
 _RELAY_EVERY_S = 0.2
@@ -81,7 +80,7 @@ def launch_command(cfg, config_path: str) -> list[str]:
 
 
 class _LogTail:
-    """New lines of rank 0's log (the launcher's ``workerlog.0``, opened in append mode)."""
+    """New lines of a file that a rank appends to (rank 0's ``events.jsonl``)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -112,12 +111,15 @@ def run_launched(
     env[supervise.RUN_ID_ENV] = run_id
     env[supervise.FRONT_PID_ENV] = str(os.getpid())
     result = JobResult(returncode=0)
-    tail = _LogTail(logs / "workerlog.0")
+    tail = _LogTail(events_file(cfg.output))
 
     def relay() -> None:
         for text in tail.lines():
-            if _OUR_LINE.match(text):
-                console.line(text)
+            try:
+                event = json.loads(text)
+            except ValueError:  # a line cut by a crash mid-write
+                continue
+            console.line(event["text"])
 
     with open(launcher_log(cfg), "a", encoding="utf-8") as log:
         log_start = log.tell()  # earlier runs' lines stay in the file

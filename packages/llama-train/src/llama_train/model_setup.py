@@ -104,9 +104,16 @@ def first_difference(a: LlamaConfig, b: LlamaConfig, a_name: str = "checkpoint")
 
 
 def strategy_of(cfg: RunConfig) -> Strategy:
+    """The run's one Strategy: built by the front process from the options (the strategy string's
+    degrees, parsed once) and stored in ``cfg.parallel``; the ranks read it back from there."""
     try:
-        return Strategy.parse(
-            cfg.strategy,
+        if cfg.parallel is not None:
+            return Strategy.from_dict(cfg.parallel)
+        dp, mp, pp = cfg.dp_mp_pp
+        strategy = Strategy(
+            dp=dp,
+            mp=mp,
+            pp=pp,
             micro_batches=cfg.accumulation,
             schedule=cfg.pp_schedule,
             virtual_pp_degree=cfg.virtual_pp_degree,
@@ -115,6 +122,8 @@ def strategy_of(cfg: RunConfig) -> Strategy:
         )
     except LlamaModelError as exc:
         raise TrainError(f"--strategy: {exc}") from None
+    cfg.parallel = strategy.to_dict()
+    return strategy
 
 
 def resolve_seq_len(cfg: RunConfig, config: LlamaConfig) -> None:

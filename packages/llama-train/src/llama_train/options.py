@@ -293,6 +293,14 @@ class RunConfig:
         default=None, metadata=_meta("This node's rank in a multi-node job.", min=0)
     )
     # ------------------------------------------------------------ resolved, not options
+    parallel: dict | None = field(
+        default=None,
+        metadata=_meta(
+            "The run's llama_model.Strategy (Strategy.to_dict), built once by the front process "
+            "from --strategy and the pipeline, sharding and batch options; what every rank uses.",
+            internal=True,
+        ),
+    )
     init_source: dict | None = field(
         default=None,
         metadata=_meta(
@@ -459,7 +467,7 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConf
 
 def validate(cfg: RunConfig) -> None:
     """Checks that need no data and no model: value ranges and the options' consistency."""
-    from llama_model import LlamaModelError, Strategy
+    from llama_model import LlamaModelError
 
     for name, f in FIELDS.items():
         value = getattr(cfg, name)
@@ -479,7 +487,7 @@ def validate(cfg: RunConfig) -> None:
         if low is not None and value < low:
             raise TrainError(f"--{name.replace('_', '-')} must be ≥ {low}, got {value}")
     try:
-        strategy = Strategy.parse(cfg.strategy)
+        dp, mp, pp = cfg.dp_mp_pp  # the one parse of the string (cached)
     except LlamaModelError as exc:
         raise TrainError(f"--strategy: {exc}") from None
     if cfg.data_weights is not None and len(cfg.data_weights) != len(cfg.data):
@@ -487,11 +495,11 @@ def validate(cfg: RunConfig) -> None:
             f"{len(cfg.data_weights)} --data-weights for {len(cfg.data)} --data prefixes"
         )
     if cfg.global_batch_size is not None:
-        per_pass = cfg.micro_batch_size * strategy.dp
+        per_pass = cfg.micro_batch_size * dp
         if cfg.global_batch_size % per_pass:
             raise TrainError(
                 f"--global-batch-size {cfg.global_batch_size} is not a multiple of micro-batch-size "
-                f"{cfg.micro_batch_size} × dp{strategy.dp} = {per_pass}"
+                f"{cfg.micro_batch_size} × dp{dp} = {per_pass}"
             )
         accum = cfg.global_batch_size // per_pass
         if cfg.grad_accum is not None and cfg.grad_accum != accum:
@@ -517,7 +525,7 @@ def validate(cfg: RunConfig) -> None:
         raise TrainError("--adam-eps must be > 0")
     if cfg.warmup > cfg.decay_end:
         raise TrainError(f"--warmup-steps {cfg.warmup} exceeds the decay's end ({cfg.decay_end})")
-    world = strategy.world_size
+    world = dp * mp * pp
     if cfg.nnodes > 1 and cfg.master is None:
         raise TrainError(
             f"--nnodes {cfg.nnodes} needs --master IP:PORT (the rendezvous of the nodes)"

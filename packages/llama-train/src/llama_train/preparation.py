@@ -161,7 +161,7 @@ def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed
     abandoned = checkpoint.abandon_newer(ckpts, resumed) if resumed is not None else None
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for stale in [*logs.glob("error.*"), *logs.glob("exit.*.json")]:
+    for stale in [*logs.glob("error.*"), *logs.glob("exit.*.json"), *logs.glob("events.jsonl")]:
         stale.unlink()
     for marker in ("preempted", "finished"):
         (logs / marker).unlink(missing_ok=True)

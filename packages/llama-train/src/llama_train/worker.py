@@ -30,6 +30,11 @@ def error_file(output: str, rank: int) -> Path:
     return Path(output) / "logs" / f"error.{rank}"
 
 
+def events_file(output: str) -> Path:
+    """Rank 0's console lines as JSON lines, which the launcher relays (``console.Console``)."""
+    return Path(output) / "logs" / "events.jsonl"
+
+
 def _restore(cfg, step_fn, data, ckpt, config, strategy):
     from llama_model import LlamaConfig
     from llama_train.checkpoint import TrainerState, resolve_resume
@@ -205,6 +210,9 @@ def _supervised(cfg, rank: int):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from llama_model.runtime import configure_runtime
+
+    configure_runtime()  # first: MKL and libgomp read their settings when Paddle loads them
     from llama_train.console import Console
     from llama_train.options import RunConfig
 
@@ -213,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     rank = rank_from_env()
     try:
         lock = _supervised(cfg, rank)  # noqa: F841 - held until the process exits
-        run_worker(cfg, Console(bar=False) if rank == 0 else None, keep_stop_handlers=True)
+        console = Console(bar=False, events=events_file(cfg.output)) if rank == 0 else None
+        run_worker(cfg, console, keep_stop_handlers=True)
         # Done (finished or stopped and saved): the launcher's repeated SIGTERMs must not kill the
         # process while it tears down. Ignored, since Python's finalisation resets handlers to
         # the default (death) but keeps SIG_IGN.
