@@ -24,5 +24,11 @@ def test_first_failure_orders_by_time_then_cause(tmp_path):
     assert first_failure(tmp_path, run, [exits[3]]).rank == 5
     (tmp_path / "exit.5.json").unlink()
     assert first_failure(tmp_path, run, [exits[3], RankExit(0, 10, "a", 98.0, 0, run)]) is None
+    # A peer's abort can be seen a poll or two before the killed rank it follows (its teardown is
+    # longer): within CONSEQUENCE_LAG_S the killed rank is still the one blamed, beyond it not.
+    aborted, killed = RankExit(2, 12, "a", 100.00, -6, run), RankExit(3, 13, "a", 100.40, -9, run)
+    assert first_failure(tmp_path / "none", run, [aborted, killed]).rank == 3
+    killed.time = 102.0
+    assert first_failure(tmp_path / "none", run, [aborted, killed]).rank == 2
     assert RankExit(3, 13, "a", 1.0, -9).describe() == "was killed by signal 9"
     assert RankExit(3, 13, "a", 1.0, 2).describe() == "exited with code 2"

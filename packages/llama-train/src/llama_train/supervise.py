@@ -96,8 +96,9 @@ class RankExit:
 
 
 # Exits that are usually the consequence of another rank's death: a gloo peer aborting, the stop
-# the launcher sends, a broken pipe. Used only to order exits seen in the same poll.
+# the launcher sends, a broken pipe. Used only to order exits seen close together.
 _CONSEQUENCES = {-signal.SIGABRT, -signal.SIGTERM, -signal.SIGPIPE}
+CONSEQUENCE_LAG_S = 1.0
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -210,9 +211,15 @@ def first_failure(logs: Path, run_id: str, extra: list[RankExit] = ()) -> RankEx
     if not failed:
         return None
 
-    # Seen in the same poll (50 ms): a rank killed by a signal comes first, then one that exited
-    # with an error (a gloo peer may raise as well as abort), then the usual consequences.
+    # A rank killed by a signal comes first, then one that exited with an error (a gloo peer may
+    # raise as well as abort), then the usual consequences. A consequence counts as seen
+    # CONSEQUENCE_LAG_S later than it was: a killed rank's peers can abort and be reaped while the
+    # killed one is still tearing down its memory (CI saw rank 2's SIGABRT a poll before the
+    # SIGKILLed rank 3 it followed).
     def cause(e: RankExit) -> int:
         return 2 if e.status in _CONSEQUENCES else 0 if e.status < 0 else 1
 
-    return min(failed, key=lambda e: (round(e.time, 2), cause(e), e.rank))
+    def seen(e: RankExit) -> float:
+        return round(e.time, 2) + (CONSEQUENCE_LAG_S if cause(e) == 2 else 0.0)
+
+    return min(failed, key=lambda e: (seen(e), cause(e), e.rank))
