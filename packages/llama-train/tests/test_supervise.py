@@ -32,3 +32,48 @@ def test_first_failure_orders_by_time_then_cause(tmp_path):
     assert first_failure(tmp_path / "none", run, [aborted, killed]).rank == 2
     assert RankExit(3, 13, "a", 1.0, -9).describe() == "was killed by signal 9"
     assert RankExit(3, 13, "a", 1.0, 2).describe() == "exited with code 2"
+
+
+def test_the_parent_records_an_exit_the_moment_it_happens(tmp_path):
+    """``record_exit`` reads a child's status without reaping it: the record holds the signal and
+    the time of death even though the child is reaped a second later (as Paddle's launcher does),
+    and the reaper still gets the status. The record outranks the front's view of that rank
+    (which saw it only after it was reaped: status None)."""
+    import subprocess
+    import sys
+    import time
+
+    from llama_train.supervise import record_exit
+
+    run = "r2"
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    record_exit(failed.pid, 1, run, tmp_path).join(timeout=30)
+    time.sleep(0.2)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    )
+    record_exit(killed.pid, 3, run, tmp_path).join(timeout=30)
+    time.sleep(1.0)
+    reaped_at = time.time()
+    assert killed.wait() == -9 and failed.wait() == 3
+    records = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("exit.*.json")}
+    assert {name: r["status"] for name, r in records.items()} == {
+        "exit.3.json": -9,
+        "exit.1.json": 3,
+    }
+    assert reaped_at - records["exit.3.json"]["time"] >= 1.0
+    front_view = [RankExit(3, killed.pid, "a", reaped_at, None, run)]
+    blamed = first_failure(tmp_path, run, front_view)
+    assert (blamed.rank, blamed.status) == (1, 3)  # it died first
+    records["exit.1.json"]["time"] += 1.0
+    (tmp_path / "exit.1.json").write_text(json.dumps(records["exit.1.json"]))
+    blamed = first_failure(tmp_path, run, front_view)
+    assert (blamed.rank, blamed.status) == (3, -9)
+    # the front writes only what the launcher did not record
+    from llama_train.supervise import RankWatch
+
+    watch = RankWatch(0, run, 2)
+    watch.exits = {3: front_view[0], 0: RankExit(0, 1, "a", reaped_at, 0, run)}
+    watch.write_records(tmp_path)
+    assert json.loads((tmp_path / "exit.3.json").read_text())["status"] == -9
+    assert json.loads((tmp_path / "exit.0.json").read_text())["status"] == 0

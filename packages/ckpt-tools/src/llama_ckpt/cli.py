@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
 import click
 
 from . import dtypes, layouts
+from .clikit import HELP_OPTIONS, user_errors
 from .describe import describe, format_text, human_bytes
 from .errors import CheckpointError
 from .export import export
@@ -22,22 +22,7 @@ PREFIX_HELP = (
 )
 
 
-def _user_errors(fn):
-    """A user's mistake is one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CheckpointError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
-        except OSError as e:  # disk full, permission denied, ...
-            where = f" ({e.filename})" if e.filename else ""
-            click.echo(f"Error: {e.strerror or e}{where}", err=True)
-            sys.exit(2)
-
-    return wrapper
+_user_errors = user_errors(lambda: (CheckpointError,))
 
 
 def _source_options(fn):
@@ -50,7 +35,7 @@ def _source_options(fn):
     return click.option("--prefix", default=None, help=PREFIX_HELP)(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="llama-ckpt")
 def main() -> None:
     """Merge, convert, inspect and compare LLaMA checkpoints saved by Paddle, without Paddle."""

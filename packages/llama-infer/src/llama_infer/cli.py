@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -11,6 +10,8 @@ import sys
 import click
 
 from llama_ckpt import CheckpointError
+from llama_ckpt.clikit import HELP_OPTIONS as HELP
+from llama_ckpt.clikit import default_command_group, quiet_third_party_warnings, user_errors
 from llama_data import DataError
 from llama_infer.errors import InferError
 from llama_infer.sampling import STRATEGIES
@@ -25,25 +26,7 @@ def _user_error_types() -> tuple:
     return tuple(types)
 
 
-def _user_errors(fn):
-    """A user's mistake is one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if isinstance(exc, _user_error_types()):
-                message = str(exc)
-            elif isinstance(exc, OSError):  # unreadable input, disk full, ...
-                where = f" ({exc.filename})" if exc.filename else ""
-                message = f"{exc.strerror or exc}{where}"
-            else:
-                raise
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(2)
-
-    return wrapper
+_user_errors = user_errors(_user_error_types)
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -104,7 +87,6 @@ def run_interactive(gen, options: dict, tty: bool) -> None:
             click.echo()
 
 
-HELP = {"help_option_names": ["-h", "--help"]}
 # Shared by generate and export, which read model weights the same way.
 ALLOW_PICKLE = click.option(
     "--allow-pickle",
@@ -113,18 +95,8 @@ ALLOW_PICKLE = click.option(
 )
 
 
-class _GenerateByDefault(click.Group):
-    """``llama-infer --model ...`` is ``llama-infer generate --model ...``: generation is the command
-    people type most, and it predates ``export``."""
-
-    def parse_args(self, ctx, args):
-        # The group's own --help (listing both commands) and --version stay the group's.
-        if not args or args[0] not in (*self.commands, "--help", "-h", "--version"):
-            args = ["generate", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=_GenerateByDefault, context_settings=HELP)
+# generate is the command people type most, and it predates export.
+@click.group(cls=default_command_group("generate"), context_settings=HELP)
 @click.version_option(__version__, prog_name="llama-infer")
 def main():
     """Generate text with a LLaMA model, or export it to static inference programs.
@@ -134,8 +106,6 @@ def main():
     llama-infer generate --help                         # every generation option
     llama-infer export --model llama-dir --output llama-export
     """
-    import warnings
-
     try:
         from llama_model.runtime import configure_runtime
     except ImportError:  # the static path (an export directory) runs without llama-model
@@ -143,13 +113,7 @@ def main():
     else:
         configure_runtime()  # before Paddle loads: see llama-model's runtime module
 
-    # Third-party warnings that say nothing to the user of this command, ignored while it runs (in
-    # this process only; the library modules never touch the warning filters). Paddle 3.3.1 warns
-    # on import that it found no ccache, which matters only to someone compiling C++ operators.
-    # Paddle is imported after this point: `import llama_infer` does not load it.
-    click.get_current_context().with_resource(warnings.catch_warnings())
-    for message, module in (("No ccache found", r"paddle\.utils\.cpp_extension"),):
-        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
+    quiet_third_party_warnings()  # Paddle loads after this point: `import llama_infer` does not
 
 
 @main.command(context_settings=HELP)

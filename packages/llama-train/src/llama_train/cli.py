@@ -15,6 +15,14 @@ from pathlib import Path
 
 import click
 
+from llama_ckpt.clikit import (
+    EXIT_CRASH,
+    EXIT_NON_FINITE,
+    HELP_OPTIONS,
+    Failure,
+    default_command_group,
+    quiet_third_party_warnings,
+)
 from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
 from llama_train.options import OPTIONS
 from llama_train.version import __version__
@@ -23,31 +31,11 @@ PADDLE_MISSING = (
     "llama-train needs PaddlePaddle: pip install 'llama-train[cpu]' (CPU), or for a GPU "
     "pip install paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu126/"
 )
-EXIT_CRASH = 1
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE = 3
 # A rank ended by a stop signal the user sent, before it could stop cleanly.
 _STOPPED = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
-class _Failure(click.ClickException):
-    """One line, ``Error: ...``, and the exit code of its kind (2 for a user's mistake)."""
-
-    def __init__(self, message: str, code: int = EXIT_USER_ERROR):
-        super().__init__(message)
-        self.exit_code = code
-
-
-class _DefaultGroup(click.Group):
-    """A group whose default command is ``run``: ``llama-train --strategy ...`` = ``llama-train run ...``."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=default_command_group("run"), context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="llama-train")
 def main() -> None:
     """Pretrain a LLaMA model with dp/mp/pp auto-parallel on PaddlePaddle.
@@ -57,14 +45,7 @@ def main() -> None:
         --tokenizer tok.model --output out --max-steps 300 --lr 3e-3
     llama-train plot out
     """
-    import warnings
-
-    # Third-party warnings that say nothing to the user of this command, ignored while it runs (in
-    # this process only; the library modules never touch the warning filters). Paddle 3.3.1 warns
-    # on import that it found no ccache, which matters only to someone compiling C++ operators.
-    click.get_current_context().with_resource(warnings.catch_warnings())
-    for message, module in (("No ccache found", r"paddle\.utils\.cpp_extension"),):
-        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
+    quiet_third_party_warnings()
 
 
 def _option_for(name: str, f) -> click.Option:
@@ -111,16 +92,16 @@ def run_command(config_file, **flags):
     continues from it.
     """
     if importlib.util.find_spec("paddle") is None:
-        raise _Failure(PADDLE_MISSING)
+        raise Failure(PADDLE_MISSING)
     from llama_model.runtime import configure_runtime
 
     configure_runtime()  # before Paddle loads (the checks below load it): see llama-model's runtime
     try:
         prepared = _prepare(config_file, flags)
     except TrainError as exc:
-        raise _Failure(str(exc)) from None
+        raise Failure(str(exc)) from None
     except OSError as exc:
-        raise _Failure(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+        raise Failure(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
     try:
         if prepared.removed_partial:
             click.echo(
@@ -171,15 +152,15 @@ def _run_here(cfg) -> None:
     try:
         trainer = run_worker(cfg, console)
     except TrainError as exc:
-        raise _Failure(str(exc)) from None
+        raise Failure(str(exc)) from None
     except NonFiniteLoss as exc:
-        raise _Failure(str(exc), EXIT_NON_FINITE) from None
+        raise Failure(str(exc), EXIT_NON_FINITE) from None
     except KeyboardInterrupt:
-        raise _Failure(
+        raise Failure(
             "interrupted by a second Ctrl-C before a checkpoint was saved", EXIT_CRASH
         ) from None
     except OSError as exc:
-        raise _Failure(os_error_line(exc, cfg.output)) from None
+        raise Failure(os_error_line(exc, cfg.output)) from None
     finally:
         console.close()
         paddle_log.setLevel(level)
@@ -218,13 +199,13 @@ def _run_launched(prepared) -> None:
         remove_partial_saves(out / "checkpoints")
     error = _first_error(logs)
     if error:
-        raise _Failure(error["message"], error["code"])
+        raise Failure(error["message"], error["code"])
     if result.failed is None and ((logs / "preempted").exists() or (logs / "finished").exists()):
         return  # finished, or stopped by a signal to whichever process it came: saved, exit 0
     if result.signalled and (result.failed is None or result.failed.status in _STOPPED):
-        raise _Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
+        raise Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
     if result.returncode < 0 and not result.signalled:
-        raise _Failure(
+        raise Failure(
             f"Paddle's launcher was killed by signal {-result.returncode}; its ranks were stopped "
             f"(see {launcher_log(cfg)})",
             EXIT_CRASH,
@@ -232,11 +213,11 @@ def _run_launched(prepared) -> None:
     if result.failed is not None:
         failed = result.failed
         log = logs / f"workerlog.{failed.rank}"
-        raise _Failure(
+        raise Failure(
             f"rank {failed.rank} {failed.describe()}; the job was stopped (see {log})", EXIT_CRASH
         )
     if result.returncode != 0:
-        raise _Failure(
+        raise Failure(
             f"the launcher exited with code {result.returncode} (see {launcher_log(cfg)})",
             EXIT_CRASH,
         )
@@ -256,5 +237,5 @@ def plot_command(outputs, png):
     try:
         path = plot_runs(list(outputs), png)
     except TrainError as exc:
-        raise _Failure(str(exc)) from None
+        raise Failure(str(exc)) from None
     click.echo(f"wrote {path}")

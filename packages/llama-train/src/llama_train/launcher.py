@@ -110,6 +110,7 @@ def run_launched(
     env["PYTHONUNBUFFERED"] = "1"
     env[supervise.RUN_ID_ENV] = run_id
     env[supervise.FRONT_PID_ENV] = str(os.getpid())
+    env[supervise.EXITS_DIR_ENV] = str(logs)
     result = JobResult(returncode=0)
     tail = _LogTail(events_file(cfg.output))
 

@@ -10,7 +10,9 @@ three additions made before Paddle's launcher starts (see ``supervise``):
 * a repeated stop signal (a scheduler signalling every process, then llama-train forwarding it)
   keeps the first one's graceful stop: Paddle's launcher would cut its 30 s window for the ranks'
   save to 10 s on a second signal;
-* the ranks learn the launcher's pid (``LLAMA_TRAIN_LAUNCHER_PID``) to tie their lives to it.
+* the ranks learn the launcher's pid (``LLAMA_TRAIN_LAUNCHER_PID``) to tie their lives to it;
+* each rank's exit is recorded the moment it happens (``supervise.record_exit``), so the front
+  blames the first rank that failed, not the first one Paddle's launcher noticed.
 
 The run lock's file descriptor is inherited from the front process and held until this process
 exits; the ranks take their own shared lock (``runlock.join_as_rank``).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 from llama_train import supervise
 
@@ -33,6 +36,9 @@ def main() -> None:
         supervise.die_with_parent(signal.SIGTERM, int(front))
         supervise.watch_parent(int(front), supervise.ORPHAN_GRACE_S, lambda: os._exit(1))
     _keep_the_first_stop()
+    exits_dir = os.environ.get(supervise.EXITS_DIR_ENV)
+    if exits_dir:
+        _record_rank_exits(Path(exits_dir), os.environ.get(supervise.RUN_ID_ENV, ""))
     from paddle.distributed.launch.main import launch
 
     sys.argv = ["paddle.distributed.launch", *sys.argv[1:]]
@@ -50,6 +56,20 @@ def _keep_the_first_stop() -> None:
         first(self, sigint, frame)
 
     ControllerBase.signal_handler = signal_handler
+
+
+def _record_rank_exits(logs: Path, run_id: str) -> None:
+    from paddle.distributed.launch.utils.process_context import ProcessContext
+
+    start = ProcessContext._start
+
+    def _start(self):
+        start(self)
+        rank = self._env.get("PADDLE_TRAINER_ID")
+        if rank is not None and self._proc is not None:
+            supervise.record_exit(self._proc.pid, int(rank), run_id, logs)
+
+    ProcessContext._start = _start
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ lives together:
 * the front process watches its ranks through ``/proc`` (:class:`RankWatch`) and kills any that
   is still alive some seconds after the launcher exited.
 
-``RankWatch`` also records when each rank exited and how (``/proc/PID/stat`` keeps a zombie's
-wait status until Paddle's launcher reaps it), so the rank reported is the first one that failed,
-not the first one Paddle's launcher noticed (a killed rank's gloo peers abort a moment later).
+Which rank is blamed: the launcher, the ranks' parent, learns each rank's exit the moment it dies
+(:func:`record_exit`: ``waitid`` without reaping, so Paddle's launcher still reaps and reports as
+before) and writes it to ``logs/exit.RANK.json``; the rank reported is the first one that failed,
+not the first one Paddle's launcher noticed (it polls once a second, and a killed rank's gloo peers
+abort a moment later). ``RankWatch`` (the front's view, through ``/proc``) is the fallback for a
+rank whose exit the launcher did not record (a launcher that was itself killed).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RUN_ID_ENV = "LLAMA_TRAIN_RUN_ID"  # every process of a job carries it (tests find them by it)
+EXITS_DIR_ENV = "LLAMA_TRAIN_EXITS_DIR"  # where the launcher writes the ranks' exit records
 FRONT_PID_ENV = "LLAMA_TRAIN_FRONT_PID"
 LAUNCHER_PID_ENV = "LLAMA_TRAIN_LAUNCHER_PID"
 ORPHAN_GRACE_S = 5.0  # a rank's graceful stop (finish the step, save) once the front is gone
@@ -93,6 +97,50 @@ class RankExit:
         if self.status < 0:
             return f"was killed by signal {-self.status}"
         return f"exited with code {self.status}"
+
+
+def _exit_record(logs: Path, rank: int) -> Path:
+    return logs / f"exit.{rank}.json"
+
+
+def _write_record(rank_exit: RankExit, logs: Path) -> None:
+    path = _exit_record(logs, rank_exit.rank)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(asdict(rank_exit)) + "\n")
+        os.replace(tmp, path)
+
+
+def record_exit(pid: int, rank: int, run_id: str, logs: Path) -> threading.Thread:
+    """In the parent of rank ``rank`` (process ``pid``): a daemon thread that waits for it to exit
+    and at once writes its exit record. ``WNOWAIT`` leaves the child a zombie, so whoever reaps it
+    (Paddle's launcher, once a second) still gets its status; the record's time is the exit's own,
+    to within the wake-up of this thread, however late it is reaped."""
+
+    def run() -> None:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # reaped before this thread waited: the front's view stands
+            return
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        status = -info.si_status if killed else info.si_status
+        _write_record(RankExit(rank, pid, socket.gethostname(), time.time(), status, run_id), logs)
+
+    thread = threading.Thread(target=run, name=f"llama-train-exit-{rank}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _read_records(logs: Path, run_id: str) -> dict[int, RankExit]:
+    records = {}
+    for path in logs.glob("exit.*.json"):
+        try:
+            record = RankExit(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if record.run_id == run_id:
+            records[record.rank] = record
+    return records
 
 
 # Exits that are usually the consequence of another rank's death: a gloo peer aborting, the stop
@@ -190,23 +238,18 @@ class RankWatch:
         return killed
 
     def write_records(self, logs: Path) -> None:
+        """Record the exits the launcher did not (it records each of its ranks' as it happens)."""
+        recorded = _read_records(logs, self.run_id)
         for rank_exit in self.exits.values():
-            path = logs / f"exit.{rank_exit.rank}.json"
-            with contextlib.suppress(OSError):
-                path.write_text(json.dumps(asdict(rank_exit)) + "\n")
+            if rank_exit.rank not in recorded:
+                _write_record(rank_exit, logs)
 
 
 def first_failure(logs: Path, run_id: str, extra: list[RankExit] = ()) -> RankExit | None:
-    """The earliest failed exit among this node's and every other node's records (shared logs)."""
-    exits = list(extra)
-    seen = {e.rank for e in exits}
-    for path in logs.glob("exit.*.json"):
-        try:
-            record = RankExit(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue
-        if record.run_id == run_id and record.rank not in seen:
-            exits.append(record)
+    """The earliest failed exit among every node's records (shared logs) and ``extra`` (this
+    node's front's view, used for the ranks without a record)."""
+    records = _read_records(logs, run_id)
+    exits = list(records.values()) + [e for e in extra if e.rank not in records]
     failed = [e for e in exits if e.failed]
     if not failed:
         return None

@@ -16,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from llama_ckpt.clikit import EXIT_NON_FINITE, EXIT_USER_ERROR
 from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
-
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE = 3
 
 
 def rank_from_env() -> int:
