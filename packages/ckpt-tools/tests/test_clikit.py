@@ -46,7 +46,10 @@ def test_default_command_and_exit_codes():
     result = runner.invoke(tool, ["--what", "mistake"])
     assert (result.exit_code, result.output) == (2, "Error: bad what\n")
     result = runner.invoke(tool, ["--what", "missing"])
-    assert (result.exit_code, result.output) == (2, "Error: No such file or directory (/nonexistent/file)\n")
+    assert (result.exit_code, result.output) == (
+        2,
+        "Error: No such file or directory (/nonexistent/file)\n",
+    )
     result = runner.invoke(tool, ["--what", "nan"])
     assert (result.exit_code, result.output) == (3, "Error: loss is nan\n")
     result = runner.invoke(tool, ["--what", "bug"])  # a bug is not the user's: it propagates

@@ -235,7 +235,7 @@ LAYOUTS = [
     ),
     pytest.param("dp2pp2", 4, ["--strategy", "dp2pp2"], id="dp2pp2-1F1B"),
     # more than two stages, and the interleaved schedule (rank r runs chunks r, r + pp, ...): over
-    # gloo their p2p goes over gloo_compat.SocketP2P
+    # gloo their p2p goes over paddle_compat.gloo.SocketP2P
     pytest.param("pp4", 4, ["--strategy", "pp4"], id="pp4-1F1B"),
     pytest.param("dp2pp4", 8, ["--strategy", "dp2pp4"], id="dp2pp4-1F1B"),
     pytest.param("pp2-vpp2", 2, ["--strategy", "pp2", *VPP2], id="pp2-VPP2"),

@@ -30,7 +30,7 @@ def test_imports_change_nothing_and_load_only_what_is_used():
         "from llama_model import LlamaConfig, Strategy, preset\n"
         "light = 'paddle' in sys.modules\n"
         "from llama_model import LlamaForCausalLM\n"
-        "stack = [m for m in ('parallel', 'pipeline', 'static', 'gloo_compat') if 'llama_model.' + m in sys.modules]\n"
+        "stack = [m for m in ('parallel', 'pipeline', 'static', 'paddle_compat.gloo') if 'llama_model.' + m in sys.modules]\n"
         "import llama_model.runtime as r\n"
         "print(light, stack, dict(os.environ) == before, r.malloc_tuned())"
     )

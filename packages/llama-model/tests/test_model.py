@@ -4,7 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
-from llama_model import LlamaForCausalLM, LlamaModelError, kernel_backend, preset
+from llama_model import LlamaForCausalLM, LlamaModelError, kernel_backend, plan, preset
 from llama_model.kernels import causal_attention
 from llama_model.loss import causal_lm_loss
 
@@ -49,7 +49,8 @@ def test_recompute_gives_the_same_loss_and_gradients(recompute):
     ids, labels = _batch(cfg)
     results = []
     for mode in (None, recompute):
-        model = LlamaForCausalLM(cfg, recompute=mode)
+        model = LlamaForCausalLM(cfg)
+        plan.apply_recompute(model, mode)
         model.init_weights(1)
         loss = causal_lm_loss(model(ids), labels)
         loss.backward()
@@ -60,9 +61,25 @@ def test_recompute_gives_the_same_loss_and_gradients(recompute):
         np.testing.assert_allclose(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def test_bad_recompute_choice():
+def test_recompute_is_applied_from_outside_and_only_while_training():
+    model = LlamaForCausalLM(preset("tiny"))
     with pytest.raises(LlamaModelError, match="recompute must be one of"):
-        LlamaForCausalLM(preset("tiny"), recompute="selective")
+        plan.apply_recompute(model, "selective")
+    assert plan.recompute_granularity(model) is None
+    plan.apply_recompute(model, "attention")
+    assert plan.recompute_granularity(model) == "attention"
+    layer = model.llama.layers["0"]
+    assert "attention_block" in vars(layer) and "forward" not in vars(layer)
+    assert all("attention_block" in vars(layer) for layer in model.llama.layers.values())
+    # evaluation runs the plain block: no recompute machinery, the same numbers
+    model.init_weights(2)
+    model.eval()
+    ids, _ = _batch(preset("tiny"))
+    with paddle.no_grad():
+        plain = LlamaForCausalLM(preset("tiny"))
+        plain.init_weights(2)
+        plain.eval()
+        np.testing.assert_array_equal(model(ids).numpy(), plain(ids).numpy())
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])

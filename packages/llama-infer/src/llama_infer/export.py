@@ -1,6 +1,6 @@
 """``llama-infer export``: the model's prefill and decode steps as Paddle inference programs.
 
-Both programs are ``decode_forward`` (decoding.py) compiled by ``paddle.jit.to_static``, with the
+Both programs are llama-model's ``functional.forward`` (as decoding.py runs it) compiled by ``paddle.jit.to_static``, with the
 key/value cache as explicit inputs and outputs of a fixed capacity (slots), so a predictor keeps no
 state between calls:
 
@@ -27,7 +27,6 @@ import warnings
 
 from llama_ckpt.atomic import atomic_output
 from llama_infer._paddle import paddle
-from llama_infer.decoding import DecodeWeights, decode_forward
 from llama_infer.errors import InferError
 from llama_infer.manifest import (
     FORMAT,
@@ -37,7 +36,7 @@ from llama_infer.manifest import (
     io_specs,
 )
 from llama_infer.version import __version__
-from llama_model import LlamaForCausalLM, kernels
+from llama_model import LlamaForCausalLM, functional, kernels
 
 InputSpec = paddle.static.InputSpec
 
@@ -48,10 +47,9 @@ class _Steps(paddle.nn.Layer):
     def __init__(self, model: LlamaForCausalLM):
         super().__init__()
         self.model = model
-        dtype = model.llama.embed_tokens.weight.dtype
-        rotary = model.llama.rotary_emb
-        self.register_buffer("rope_cos", rotary.cos.astype(dtype), persistable=True)
-        self.register_buffer("rope_sin", rotary.sin.astype(dtype), persistable=True)
+        weights = functional.ModelWeights(model, detach=False)
+        self.register_buffer("rope_cos", weights.cos.astype(weights.dtype), persistable=True)
+        self.register_buffer("rope_sin", weights.sin.astype(weights.dtype), persistable=True)
 
     def prefill(self, input_ids, positions, start, mask, key_caches, value_caches):
         return self._step(input_ids, positions, start, mask, key_caches, value_caches, fresh=True)
@@ -60,8 +58,10 @@ class _Steps(paddle.nn.Layer):
         return self._step(input_ids, positions, start, mask, key_caches, value_caches, fresh=False)
 
     def _step(self, input_ids, positions, start, mask, key_caches, value_caches, fresh):
-        weights = DecodeWeights(self.model, detach=False)  # the parameters, for the program
-        logits, keys, values = decode_forward(
+        weights = functional.ModelWeights(
+            self.model, detach=False
+        )  # the parameters, for the program
+        logits, keys, values = functional.forward(
             weights, kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
             mask, key_caches, value_caches, fresh=fresh,
         )  # fmt: skip

@@ -3,7 +3,7 @@
 Importing the package loads neither Paddle nor the parallel stack: the configuration, the strategy
 and the errors are plain Python, and every Paddle-backed name (the model, ``ParallelModel``, the
 kernels, ...) loads its own module on first use, so ``from llama_model import LlamaForCausalLM``
-brings the model and not ``parallel``, ``pipeline``, ``static`` or ``gloo_compat``. Importing changes
+brings the model and not ``parallel``, ``pipeline``, ``static`` or ``paddle_compat``. Importing changes
 nothing process-wide; ``configure_runtime()`` applies the CPU settings when an application asks.
 """
 

@@ -1,6 +1,8 @@
 """The LLaMA decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, pre-norm layers.
 
-Nothing here knows about devices, meshes or placements (see plan.py and pipeline.py). A model can be
+The layers hold the parameters; the math of attention and the MLP is ``functional``'s, which
+decoding and the static export share. Nothing here knows about devices, meshes, placements or
+recomputation (see plan.py and pipeline.py). A model can be
 built whole or as one pipeline stage (a contiguous range of layers, with or without the embedding and
 the head); either way every parameter carries its full-model PaddleNLP name, e.g.
 ``llama.layers.5.self_attn.q_proj.weight``, so checkpoints move between layouts unchanged.
@@ -15,14 +17,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from llama_model import kernels
+from llama_model import functional, kernels
 from llama_model._paddle import paddle
 from llama_model.config import LlamaConfig
 from llama_model.errors import LlamaModelError
 
 nn = paddle.nn
-
-RECOMPUTE_CHOICES = (None, "full", "attention")
 
 
 def _linear(fan_in: int, fan_out: int) -> nn.Linear:
@@ -89,22 +89,18 @@ class LlamaAttention(nn.Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         h, d = config.hidden_size, config.head_dim
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = d
-        self.q_proj = _linear(h, self.num_heads * d)
-        self.k_proj = _linear(h, self.num_kv_heads * d)
-        self.v_proj = _linear(h, self.num_kv_heads * d)
-        self.o_proj = _linear(self.num_heads * d, h)
+        self.heads = functional.Heads.of(config)
+        self.q_proj = _linear(h, self.heads.num_heads * d)
+        self.k_proj = _linear(h, self.heads.num_kv_heads * d)
+        self.v_proj = _linear(h, self.heads.num_kv_heads * d)
+        self.o_proj = _linear(self.heads.num_heads * d, h)
 
     def forward(self, x, cos, sin):
-        b, s = x.shape[0], x.shape[1]
-        q = self.q_proj(x).reshape([b, s, self.num_heads, self.head_dim])
-        k = self.k_proj(x).reshape([b, s, self.num_kv_heads, self.head_dim])
-        v = self.v_proj(x).reshape([b, s, self.num_kv_heads, self.head_dim])
-        q, k = kernels.apply_rope(q, k, cos, sin)
-        out = kernels.causal_attention(q, k, v)  # [b, s, nq, d]
-        return self.o_proj(out.reshape([b, s, self.num_heads * self.head_dim]))
+        out, _, _ = functional.attention(
+            x, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.o_proj.weight,
+            self.heads, kernels, cos, sin, x.shape[0], x.shape[1],
+        )  # fmt: skip
+        return out
 
 
 class LlamaMLP(nn.Layer):
@@ -117,54 +113,40 @@ class LlamaMLP(nn.Layer):
         self.down_proj = _linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x):
-        return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
+        return functional.mlp(
+            x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, kernels
+        )
 
 
 class LlamaDecoderLayer(nn.Layer):
-    """x + attn(norm(x)), then + mlp(norm(·)). ``recompute`` trades memory for a second forward."""
+    """x + attn(norm(x)), then + mlp(norm(·)) (``functional.decoder_layer`` with a cache).
 
-    def __init__(self, config: LlamaConfig, recompute: str | None = None):
+    The sub-layers are called as layers, so hooks on them run (sequence parallelism's); the plan
+    may wrap ``attention_block`` or ``forward`` for recomputation (``plan.apply_recompute``)."""
+
+    def __init__(self, config: LlamaConfig):
         super().__init__()
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = LlamaAttention(config)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
-        self.recompute = recompute
 
-    def _attention_block(self, x, cos, sin):
+    def attention_block(self, x, cos, sin):
         return self.self_attn(self.input_layernorm(x), cos, sin)
 
-    def _forward(self, x, cos, sin):
-        if self.recompute == "attention" and self.training:
-            x = x + _recompute(self._attention_block, x, cos, sin)
-        else:
-            x = x + self._attention_block(x, cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
     def forward(self, x, cos, sin):
-        if self.recompute == "full" and self.training:
-            return _recompute(self._forward, x, cos, sin)
-        return self._forward(x, cos, sin)
-
-
-def _recompute(fn, *args):
-    from paddle.distributed.fleet.utils import recompute
-
-    return recompute(fn, *args, use_reentrant=False)
+        x = x + self.attention_block(x, cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaModel(nn.Layer):
     """The decoder stack. Holds ``embed_tokens`` and ``norm`` only when this stage owns them."""
 
-    def __init__(
-        self, config: LlamaConfig, layer_ids: Iterable[int], embed: bool, norm: bool, recompute
-    ):
+    def __init__(self, config: LlamaConfig, layer_ids: Iterable[int], embed: bool, norm: bool):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if embed else None
         # A LayerDict keyed by the global layer index gives stage parameters their full-model names.
-        self.layers = nn.LayerDict(
-            {str(i): LlamaDecoderLayer(config, recompute) for i in layer_ids}
-        )
+        self.layers = nn.LayerDict({str(i): LlamaDecoderLayer(config) for i in layer_ids})
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps) if norm else None
         self.rotary_emb = LlamaRotaryEmbedding(config)
 
@@ -193,13 +175,8 @@ class LlamaForCausalLM(nn.Layer):
         layer_ids: Iterable[int] | None = None,
         first: bool = True,
         last: bool = True,
-        recompute: str | None = None,
     ):
         super().__init__()
-        if recompute not in RECOMPUTE_CHOICES:
-            raise LlamaModelError(
-                f"recompute must be one of {RECOMPUTE_CHOICES}, got {recompute!r}"
-            )
         if config.tie_word_embeddings and first != last:
             raise LlamaModelError(
                 "tie_word_embeddings needs the embedding and the head on one stage"
@@ -208,7 +185,7 @@ class LlamaForCausalLM(nn.Layer):
         self.first, self.last = first, last
         layer_ids = range(config.num_hidden_layers) if layer_ids is None else list(layer_ids)
         self.layer_ids = list(layer_ids)
-        self.llama = LlamaModel(config, self.layer_ids, embed=first, norm=last, recompute=recompute)
+        self.llama = LlamaModel(config, self.layer_ids, embed=first, norm=last)
         self.lm_head = (
             _linear(config.hidden_size, config.vocab_size)
             if last and not config.tie_word_embeddings

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_model import gloo_compat, plan
+from llama_model import plan
 from llama_model._paddle import no_strided_views, paddle
 from llama_model.config import LlamaConfig
 from llama_model.errors import LlamaModelError
 from llama_model.loss import IGNORE_INDEX, ScaledTokenLoss, count_valid_tokens, token_loss_sum
-from llama_model.pipeline import build_stage, last_stage_outputs, make_schedule, pipeline_groups
+from llama_model.paddle_compat import check_paddle_version, gloo, pipelining, static_engine
+from llama_model.paddle_compat.tensors import local_value
+from llama_model.pipeline import build_stage, make_schedule, pipeline_groups
 from llama_model.strategy import MESH_DIMS, Strategy
 
 dist = paddle.distributed
@@ -51,7 +53,8 @@ def init_distributed(strategy: Strategy) -> int:
         )
     if world == 1:
         return 0
-    gloo_compat.apply()
+    check_paddle_version()
+    gloo.apply()
     if not dist.is_initialized():
         dist.init_parallel_env()
     return dist.get_rank()
@@ -142,13 +145,18 @@ class ParallelModel:
         stage is built without memory and each rank reads only the shards it holds.
         """
         check_backend_support(strategy, compute_dtype)
+        if recompute not in plan.RECOMPUTE_CHOICES:
+            raise LlamaModelError(
+                f"recompute must be one of {plan.RECOMPUTE_CHOICES}, got {recompute!r}"
+            )
         strategy.validate(config, world_size=world_size_from_env())
         if weights is not None:
             weights.check(config)
         rank = init_distributed(strategy)
         stage, dp_rank, mp_rank = strategy.coordinates(rank)
         with paddle.LazyGuard() if weights is not None else contextlib.nullcontext():
-            module = build_stage(config, strategy, stage, recompute=recompute)
+            module = build_stage(config, strategy, stage)
+        plan.apply_recompute(module, recompute)
         if weights is None:
             module.init_weights(seed)
         elif strategy.world_size == 1:
@@ -201,7 +209,7 @@ class ParallelModel:
         """(elements, bytes) of the parameters this rank holds: its shards, not the global tensors."""
         elements = nbytes = 0
         for param in self.module.parameters():
-            local = param._local_value() if param.is_dist() else param
+            local = local_value(param)
             n = int(np.prod(local.shape, dtype=np.int64))
             elements += n
             nbytes += n * local.element_size()
@@ -215,13 +223,14 @@ class ParallelModel:
     def load_state_dict(self, path: str, prefix: str = "") -> None:
         """Fill this rank's parameters in place from a ``dist.save_state_dict`` checkpoint saved under
         any layout (Paddle reshards on load)."""
-        dist.load_state_dict(self.state_dict(prefix), path)
+        with gloo.loading_checkpoints():
+            dist.load_state_dict(self.state_dict(prefix), path)
 
     def shard_optimizer(self, optimizer):
         """Wrap an optimizer built on ``parameters()`` for dist tensors (Paddle's ``dist.shard_optimizer``)."""
         if not self.distributed:
             return optimizer
-        if getattr(optimizer, "_grad_clip", None) is not None:
+        if static_engine.grad_clip_of(optimizer) is not None:
             raise LlamaModelError(
                 "give the optimizer no grad_clip: use ParallelModel.clip_grad_norm (correct across stages)"
             )
@@ -306,12 +315,10 @@ class ParallelModel:
         schedule.step()
         if not self.is_last_stage:
             return None
-        from paddle.distributed.auto_parallel.pipelining.microbatch import _split_tensor
-
         # Split the labels exactly as the schedule split the inputs (and splits training targets):
         # a dp-sharded batch is cut within each rank's local rows, not along the global rows.
-        chunks = _split_tensor(self._place(labels), self.strategy.micro_batches)
-        outputs = last_stage_outputs(schedule)
+        chunks = pipelining.split_microbatches(self._place(labels), self.strategy.micro_batches)
+        outputs = pipelining.last_stage_outputs(schedule)
         return paddle.add_n(
             [_local_scalar(token_loss_sum(out, lab)) for out, lab in zip(outputs, chunks)]
         )
@@ -398,7 +405,7 @@ class ParallelModel:
         with paddle.no_grad():
             for param in self.module.parameters():
                 if param.grad is not None:
-                    grad = param.grad._local_value() if param.grad.is_dist() else param.grad
+                    grad = local_value(param.grad)
                     if grad.dtype not in coef_as:
                         coef_as[grad.dtype] = coef.astype(grad.dtype)
                     grad.multiply_(coef_as[grad.dtype])
@@ -419,8 +426,8 @@ def _local_scalar(tensor):
     if tensor.is_dist():
         tensor = dist.reshard(
             tensor, tensor.process_mesh, [dist.Replicate()] * len(tensor.placements)
-        )._local_value()
-    return tensor.astype("float64").reshape([1])
+        )
+    return local_value(tensor).astype("float64").reshape([1])
 
 
 def _local_squared_norm(param, grad):
@@ -435,6 +442,6 @@ def _local_squared_norm(param, grad):
     for size, placement in zip(grad.process_mesh.shape, grad.placements):
         if placement.is_replicated():
             replicas *= size
-    local = grad._local_value().astype("float64")
+    local = local_value(grad).astype("float64")
     # square, not ** 2: Paddle's pow kernel calls std::pow per element, several times slower on CPU
     return paddle.square(local).sum().reshape([1]) / replicas

@@ -20,29 +20,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from llama_model import gloo_compat
 from llama_model._paddle import paddle
 from llama_model.config import LlamaConfig
 from llama_model.model import LlamaForCausalLM
+from llama_model.paddle_compat import gloo, pipelining
 from llama_model.strategy import Strategy
 
 dist = paddle.distributed
 
 
-def build_stage(config: LlamaConfig, strategy: Strategy, stage: int, recompute: str | None = None):
+def build_stage(config: LlamaConfig, strategy: Strategy, stage: int):
     """The (unplaced) module of pipeline stage ``stage``; the whole model when pp == 1."""
     layers = strategy.layer_split(config.num_hidden_layers)[stage]
     return LlamaForCausalLM(
-        config,
-        layer_ids=layers,
-        first=stage == 0,
-        last=stage == strategy.pp - 1,
-        recompute=recompute,
+        config, layer_ids=layers, first=stage == 0, last=stage == strategy.pp - 1
     )
 
 
 def needs_buffered_p2p(strategy: Strategy) -> bool:
-    """Whether the schedule sends in an order that blocking gloo sends deadlock on (gloo_compat)."""
+    """Whether the schedule sends in an order that blocking gloo sends deadlock on (paddle_compat.gloo)."""
     return strategy.schedule == "VPP" or strategy.pp > 2
 
 
@@ -50,15 +46,15 @@ def pipeline_groups(mesh, strategy: Strategy) -> dict[tuple[int, int], object]:
     """One p2p group per (dp, mp) coordinate, joining that coordinate's ranks across stages.
 
     ``mesh.get_group("pp")`` would create only the caller's group, and disjoint gloo groups must be
-    created by every rank in one order (gloo_compat, defect 2); so all of them are made here.
+    created by every rank in one order (paddle_compat.gloo, defect 2); so all of them are made here.
     """
     ranks = np.array(mesh.mesh)  # [pp, dp, mp]
     coords = [(d, m) for d in range(ranks.shape[1]) for m in range(ranks.shape[2])]
     rank_lists = [ranks[:, d, m].tolist() for d, m in coords]
-    if needs_buffered_p2p(strategy) and gloo_compat.is_gloo():
-        groups = gloo_compat.socket_p2p_groups(rank_lists)
+    if needs_buffered_p2p(strategy) and gloo.is_gloo():
+        groups = gloo.socket_p2p_groups(rank_lists)
     else:
-        groups = gloo_compat.new_groups_in_order(rank_lists)
+        groups = gloo.new_groups_in_order(rank_lists)
     return dict(zip(coords, groups))
 
 
@@ -86,29 +82,6 @@ class PipelineChunk(paddle.nn.Layer):
         return x
 
 
-def _forward_only(schedule, stages):
-    # The schedule calls loss_fn once while sizing its buffers, even without a backward pass;
-    # a no-op loss plus has_backward=False gives a forward-only schedule.
-    schedule._has_backward = False
-    for stage in stages:
-        stage.has_backward = False
-    order = getattr(schedule, "pipeline_order", None)
-    if order:  # a multi-stage schedule plans its backward actions whatever has_backward says
-        from paddle.distributed.auto_parallel.pipelining.schedules import _ActType
-
-        schedule.pipeline_order = {
-            rank: [a if a is None or a.computation_type == _ActType.FORWARD else None for a in acts]
-            for rank, acts in order.items()
-        }
-    return schedule
-
-
-def last_stage_outputs(schedule) -> list:
-    """The last chunk's per-micro-batch outputs of a forward-only schedule (on the last stage)."""
-    stages = getattr(schedule, "_stages", None) or [schedule._stage]
-    return next(stage.output_chunks for stage in stages if stage.is_last)
-
-
 def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=None):
     """The training schedule (with ``loss_fn``), or, without one, a forward-only schedule whose last
     stage keeps each micro-batch's output (evaluation): FThenB, or VPP's own under VPP."""
@@ -120,7 +93,7 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
     from paddle.distributed.auto_parallel.pipelining.stage import PipelineStage
 
     if needs_buffered_p2p(strategy):
-        gloo_compat.use_socket_p2p()  # no-op on NCCL
+        gloo.use_socket_p2p()  # no-op on NCCL
     if strategy.schedule == "VPP":
         layers = strategy.chunk_layers(stage_module.config.num_hidden_layers)
         stages = [
@@ -134,7 +107,7 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
         ]
         if loss_fn is None:
             schedule = ScheduleVPP(stages, strategy.micro_batches, loss_fn=lambda out, t: None)
-            return _forward_only(schedule, stages)
+            return pipelining.forward_only(schedule, stages)
         return ScheduleVPP(stages, n_microbatches=strategy.micro_batches, loss_fn=loss_fn)
     pipeline_stage = PipelineStage(stage_module, stage, strategy.pp, group=group)
     if loss_fn is None:
@@ -143,6 +116,6 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
         schedule = ScheduleFThenB(
             pipeline_stage, strategy.micro_batches, loss_fn=lambda out, target: None
         )
-        return _forward_only(schedule, [pipeline_stage])
+        return pipelining.forward_only(schedule, [pipeline_stage])
     schedule_cls = {"FThenB": ScheduleFThenB, "1F1B": Schedule1F1B}[strategy.schedule]
     return schedule_cls(pipeline_stage, n_microbatches=strategy.micro_batches, loss_fn=loss_fn)

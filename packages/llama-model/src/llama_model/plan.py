@@ -18,6 +18,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from llama_model._paddle import paddle
+from llama_model.errors import LlamaModelError
+from llama_model.paddle_compat import tensors
 
 dist = paddle.distributed
 
@@ -67,18 +69,19 @@ def apply_plan(module, mesh) -> None:
     """Turn every parameter of ``module`` (a whole model or a stage) into a dist tensor on ``mesh``,
     placed by the plan, and replicate its buffers there. Parameter names do not change."""
     names = {id(p): n for n, p in module.named_parameters()}
+    replicated = [dist.Replicate()] * len(mesh.dim_names)
+
+    def place_param(param):
+        if param.is_dist():
+            return None
+        return dist.shard_tensor(param, mesh, placements(names[id(param)], mesh.dim_names))
+
+    def place_buffer(buf):
+        return None if buf.is_dist() else dist.shard_tensor(buf, mesh, replicated)
+
     for layer in module.sublayers(include_self=True):
-        for key, param in list(layer._parameters.items()):
-            if param is None or param.is_dist():
-                continue
-            placed = dist.shard_tensor(param, mesh, placements(names[id(param)], mesh.dim_names))
-            layer._parameters[key] = placed
-        for key, buf in list(layer._buffers.items()):
-            if buf is not None and not buf.is_dist():
-                # Direct assignment keeps the buffer's persistable flag (register_buffer would reset it).
-                layer._buffers[key] = dist.shard_tensor(
-                    buf, mesh, [dist.Replicate()] * len(mesh.dim_names)
-                )
+        tensors.replace_parameters(layer, place_param)
+        tensors.replace_buffers(layer, place_buffer)
 
 
 def _activation_placements(mesh_dims, sequence_split: bool) -> list:
@@ -117,3 +120,34 @@ def apply_sequence_parallel(module, mesh) -> None:
             block.register_forward_post_hook(scatter_output)
     if module.lm_head is not None:
         module.lm_head.register_forward_pre_hook(gather_input)
+
+
+RECOMPUTE_CHOICES = (None, "full", "attention")
+
+
+def apply_recompute(module, granularity: str | None) -> None:
+    """Recompute activations in the backward instead of keeping them, applied from outside the
+    model: ``"full"`` wraps each decoder layer's forward, ``"attention"`` its attention block (the
+    norm and attention). Only while training; evaluation runs the plain forward. A compiled step
+    turns the compiler's recompute pass on for such a module (``recompute_granularity``)."""
+    if granularity not in RECOMPUTE_CHOICES:
+        raise LlamaModelError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {granularity!r}")
+    if granularity is None:
+        return
+    from paddle.distributed.fleet.utils import recompute
+
+    for layer in module.llama.layers.values():
+        name = "forward" if granularity == "full" else "attention_block"
+        plain = getattr(layer, name)
+
+        def checkpointed(*args, _plain=plain, _layer=layer):
+            if not _layer.training:
+                return _plain(*args)
+            return recompute(_plain, *args, use_reentrant=False)
+
+        setattr(layer, name, checkpointed)  # an instance attribute: this layer only
+    module.recompute_granularity = granularity
+
+
+def recompute_granularity(module) -> str | None:
+    return getattr(module, "recompute_granularity", None)

@@ -26,6 +26,7 @@ import numpy as np
 from llama_model._paddle import paddle
 from llama_model.config import LlamaConfig
 from llama_model.errors import LlamaModelError
+from llama_model.paddle_compat import tensors
 
 # Buffers some exporters write that the model recomputes from config.json.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -152,7 +153,7 @@ class PretrainedWeights:
     def _fill_one(self, name: str, param) -> None:
         dt, shape = self.source.info(name)
         if not param.is_dist():
-            _assign(param, _to_paddle(_float32(self.source.read(name), dt)))
+            tensors.give_storage(param, _to_paddle(_float32(self.source.read(name), dt)))
             return
         axis, start, stop = local_slice(param, shape)
         if axis is None:
@@ -162,7 +163,7 @@ class PretrainedWeights:
         local = _to_paddle(_float32(array, dt))
         from paddle.distributed.auto_parallel.api import dtensor_from_local
 
-        _assign(param, dtensor_from_local(local, param.process_mesh, param.placements))
+        tensors.give_storage(param, dtensor_from_local(local, param.process_mesh, param.placements))
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -195,11 +196,6 @@ def local_slice(param, global_shape) -> tuple[int | None, int, int]:
         axis, start = dim, int(coords[mesh_axis]) * size
         stop = start + size
     return axis, start, stop
-
-
-def _assign(param, value) -> None:
-    # Paddle's own initializers hand a lazily built parameter its first storage this way.
-    value._share_underline_tensor_to(param)
 
 
 def _to_paddle(array: np.ndarray):

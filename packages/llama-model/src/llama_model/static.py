@@ -2,7 +2,7 @@
 
 Paddle 3.3.1 runs a compiled auto-parallel program correctly only where each rank needs a single
 communicator on CPU: its CPU collective kernels ignore the ring id and use the first communicator
-bound (see gloo_compat, defect 5). So on CPU: one process, dp-only or mp-only. On GPU: any dp×mp.
+bound (see paddle_compat.gloo, defect 5). So on CPU: one process, dp-only or mp-only. On GPU: any dp×mp.
 Pipeline parallelism is never compiled here: this package runs one stage per rank through the eager
 pipelining schedules, while Paddle's static pipeline needs the whole model on per-stage meshes.
 The compiled step takes the global batch as one micro-batch (no accumulation).
@@ -24,10 +24,12 @@ import re
 
 import numpy as np
 
-from llama_model import gloo_compat, plan
+from llama_model import plan
 from llama_model._paddle import paddle
 from llama_model.errors import LlamaModelError
 from llama_model.loss import IGNORE_INDEX
+from llama_model.paddle_compat import gloo, static_engine
+from llama_model.paddle_compat.tensors import local_value, share_data
 
 dist = paddle.distributed
 
@@ -100,7 +102,7 @@ class GlobalNormClip(paddle.nn.clip.ClipGradBase):
         if not squares:
             return params_grads
         norm = paddle.sqrt(paddle.add_n(squares))
-        paddle._C_ops.set_persistable_value(norm, GRAD_NORM_NAME)
+        static_engine.keep_by_name(norm, GRAD_NORM_NAME)
         if self.max_norm <= 0:
             return params_grads
         coef = paddle.clip(self.max_norm / (norm + self.eps), max=1.0)
@@ -122,7 +124,7 @@ class _ShapeOnly(paddle.io.Dataset):
 
 
 def _scalar(value) -> float:
-    local = value._local_value() if getattr(value, "is_dist", lambda: False)() else value
+    local = local_value(value) if hasattr(value, "is_dist") else value
     return float(np.asarray(local, dtype=np.float64).reshape(-1)[0])
 
 
@@ -136,12 +138,12 @@ class StaticStep:
         strategy = parallel_model.strategy
         check_static_supported(strategy, compute_dtype=parallel_model.compute_dtype)
         strategy.validate_batch(batch)
-        if getattr(optimizer, "_grad_clip", None) is not None:
+        if static_engine.grad_clip_of(optimizer) is not None:
             raise LlamaModelError(
                 "give the optimizer no grad_clip: the compiled step clips by the global norm itself (clip_norm)"
             )
-        if gloo_compat.is_gloo() and parallel_model.distributed:
-            gloo_compat.patch_static_process_groups()
+        if gloo.is_gloo() and parallel_model.distributed:
+            gloo.patch_static_process_groups()
         self.parallel_model = parallel_model
         mesh = parallel_model.layout.stage_mesh
         if mesh is None:  # one process: a one-rank mesh, so the same compiler path runs
@@ -161,12 +163,12 @@ class StaticStep:
         self._buffers = {
             name: buffer.clone() for name, buffer in parallel_model.module.named_buffers()
         }
-        optimizer._grad_clip = GlobalNormClip(clip_norm)
+        static_engine.set_grad_clip(optimizer, GlobalNormClip(clip_norm))
         config = {}
         if parallel_model.compute_dtype != "float32":
             # parameters stay float32, as under eager autocast O1
             config["amp"] = {"enable": True, "dtype": parallel_model.compute_dtype, "level": "O1"}
-        if any(getattr(layer, "recompute", None) for layer in parallel_model.module.sublayers()):
+        if plan.recompute_granularity(parallel_model.module):
             # The layers mark their recomputed blocks when traced; the compiler's recompute pass,
             # enabled here, is what re-runs them in the backward.
             config["recompute"] = {"enable": True}
@@ -174,10 +176,11 @@ class StaticStep:
             parallel_model.module, loader, _static_loss, optimizer, dist.Strategy(config)
         )
         self.model.train()
-        program = self.model._engine.main_program
-        self.model._fetch_value(program.get_output_value_by_name(GRAD_NORM_NAME), "grad_norm")
+        program = static_engine.main_program(self.model)
+        norm = program.get_output_value_by_name(GRAD_NORM_NAME)
+        static_engine.fetch_every_run(self.model, norm, "grad_norm")
         self._lr_name = _learning_rate_name(program)
-        self._auto_to_full = dict(self.model._parameter_to_structured_name)
+        self._auto_to_full = static_engine.structured_names(self.model)
 
     # ------------------------------------------------------------------------------- the step
     def __call__(self, input_ids, labels) -> float:
@@ -196,7 +199,7 @@ class StaticStep:
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next steps (the program reads it from a variable each run)."""
         tensor = paddle.static.global_scope().var(self._lr_name).get_tensor()
-        tensor.set(np.asarray(lr, dtype=np.float32), self.model._engine._place)
+        tensor.set(np.asarray(lr, dtype=np.float32), static_engine.place(self.model))
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self, prefix: str = "") -> dict:
@@ -247,9 +250,9 @@ class StaticStep:
         call copies the parameters again (they move on with every step)."""
         trained = self.state_dict()
         for name, param in self.parallel_model.module.named_parameters():
-            param.get_tensor()._share_data_with(trained[name].get_tensor())
+            share_data(param.get_tensor(), trained[name].get_tensor())
         for name, buffer in self.parallel_model.module.named_buffers():
-            buffer.get_tensor()._share_data_with(self._buffers[name].get_tensor())
+            share_data(buffer.get_tensor(), self._buffers[name].get_tensor())
 
 
 def _learning_rate_name(program) -> str:

@@ -332,9 +332,12 @@ class CheckpointManager:
         """Fill ``tensors`` in place from the checkpoint at ``path`` (any layout: Paddle reshards)."""
         import paddle.distributed as dist
 
+        from llama_model.paddle_compat import gloo
+
         state = TrainerState.read(path)
         try:
-            dist.load_state_dict(tensors, str(path))
+            with gloo.loading_checkpoints():
+                dist.load_state_dict(tensors, str(path))
         except (KeyError, ValueError, AssertionError) as exc:
             raise TrainError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
         return state

@@ -96,6 +96,13 @@ def run_command(config_file, **flags):
     from llama_model.runtime import configure_runtime
 
     configure_runtime()  # before Paddle loads (the checks below load it): see llama-model's runtime
+    from llama_model import LlamaModelError
+    from llama_model.paddle_compat import check_paddle_version
+
+    try:
+        check_paddle_version()
+    except LlamaModelError as exc:
+        raise Failure(str(exc)) from None
     try:
         prepared = _prepare(config_file, flags)
     except TrainError as exc:

@@ -12,6 +12,7 @@ powers), so ``dist.load_state_dict`` reshards them like the weights.
 from __future__ import annotations
 
 from llama_model import ParallelModel
+from llama_model.paddle_compat import optimizer as compat_optimizer
 from llama_train.options import RunConfig
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -41,13 +42,8 @@ def build_optimizer(pm: ParallelModel, cfg: RunConfig):
     )
 
 
-def inner(opt):
-    """The AdamW inside ``dist.shard_optimizer``'s wrapper (or the optimizer itself)."""
-    return opt.__dict__.get("_inner_opt", opt)
-
-
 def set_lr(opt, lr: float) -> None:
-    inner(opt).set_lr(lr)
+    compat_optimizer.inner(opt).set_lr(lr)
 
 
 def ensure_state(pm: ParallelModel, opt) -> None:
@@ -55,9 +51,9 @@ def ensure_state(pm: ParallelModel, opt) -> None:
     zero gradients at lr 0, which leaves the weights unchanged (the loaded state replaces the rest)."""
     import paddle
 
-    if inner(opt)._accumulators:
+    if compat_optimizer.accumulators(opt):
         return
-    saved_lr = inner(opt).get_lr()
+    saved_lr = compat_optimizer.inner(opt).get_lr()
     for _, p in pm.named_parameters():
         p.grad = paddle.zeros_like(p)
     set_lr(opt, 0.0)
@@ -70,7 +66,7 @@ def state_dict(pm: ParallelModel, opt) -> dict:
     """This rank's accumulators under ``optimizer.<param name>.<accumulator>``."""
     names = {p.name: n for n, p in pm.named_parameters()}
     out = {}
-    for acc_name, per_param in inner(opt)._accumulators.items():
+    for acc_name, per_param in compat_optimizer.accumulators(opt).items():
         for auto_name, tensor in per_param.items():
             if auto_name in names:
                 out[f"{OPTIMIZER_PREFIX}{names[auto_name]}.{acc_name}"] = tensor

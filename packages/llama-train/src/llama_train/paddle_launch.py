@@ -35,41 +35,17 @@ def main() -> None:
     if front is not None:
         supervise.die_with_parent(signal.SIGTERM, int(front))
         supervise.watch_parent(int(front), supervise.ORPHAN_GRACE_S, lambda: os._exit(1))
-    _keep_the_first_stop()
+    from llama_model.paddle_compat import launch as compat
+
+    compat.keep_the_first_stop()
     exits_dir = os.environ.get(supervise.EXITS_DIR_ENV)
     if exits_dir:
-        _record_rank_exits(Path(exits_dir), os.environ.get(supervise.RUN_ID_ENV, ""))
+        logs, run_id = Path(exits_dir), os.environ.get(supervise.RUN_ID_ENV, "")
+        compat.on_rank_start(lambda pid, rank: supervise.record_exit(pid, rank, run_id, logs))
     from paddle.distributed.launch.main import launch
 
     sys.argv = ["paddle.distributed.launch", *sys.argv[1:]]
     launch()
-
-
-def _keep_the_first_stop() -> None:
-    from paddle.distributed.launch.controllers.controller import ControllerBase
-
-    first = ControllerBase.signal_handler
-
-    def signal_handler(self, sigint, frame):
-        if hasattr(self, "sigint"):  # already stopping: let the ranks finish their save
-            return
-        first(self, sigint, frame)
-
-    ControllerBase.signal_handler = signal_handler
-
-
-def _record_rank_exits(logs: Path, run_id: str) -> None:
-    from paddle.distributed.launch.utils.process_context import ProcessContext
-
-    start = ProcessContext._start
-
-    def _start(self):
-        start(self)
-        rank = self._env.get("PADDLE_TRAINER_ID")
-        if rank is not None and self._proc is not None:
-            supervise.record_exit(self._proc.pid, int(rank), run_id, logs)
-
-    ProcessContext._start = _start
 
 
 if __name__ == "__main__":

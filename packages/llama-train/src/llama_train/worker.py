@@ -62,6 +62,16 @@ def _restore(cfg, step_fn, data, ckpt, config, strategy):
     return state, path
 
 
+def _paddle_in_use() -> str:
+    """Paddle's version and the workarounds of its defects in force in this process."""
+    import paddle
+
+    from llama_model import paddle_compat
+
+    patches = paddle_compat.applied()
+    return f"Paddle {paddle.__version__}, patches: {', '.join(patches) if patches else 'none'}"
+
+
 def _initial_weights(cfg):
     """The --init-from weights the front process checked and recorded, or None (no --init-from, or
     a resume: the checkpoint's weights win). Refuses weights that changed since that check."""
@@ -146,7 +156,8 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
             console.line(
                 f"{strategy} on {strategy.world_size} process(es), "
                 f"{'compiled (--to-static)' if step_fn.compiled else 'eager'} step, global batch "
-                f"{cfg.batch_size} × {cfg.seq_len} tokens, {data.num_samples:,} train samples; {where}"
+                f"{cfg.batch_size} × {cfg.seq_len} tokens, {data.num_samples:,} train samples; {where}; "
+                f"{_paddle_in_use()}"
             )
         peak = cfg.peak_tflops or default_peak_tflops(dtype)
         trainer = Trainer(

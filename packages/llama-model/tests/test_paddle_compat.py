@@ -1,4 +1,4 @@
-"""Each gloo_compat patch exists because of a Paddle 3.3.1 defect. These tests pin the defect down:
+"""Each paddle_compat.gloo patch exists because of a Paddle 3.3.1 defect. These tests pin the defect down:
 when one of them fails, Paddle changed underneath the patch; re-check whether the patch is still
 needed (and still right) before relaxing the test."""
 
@@ -10,7 +10,7 @@ import paddle
 import paddle.distributed as dist
 import pytest
 
-from llama_model import gloo_compat
+from llama_model.paddle_compat import gloo as gloo_compat
 
 pytestmark = pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="CPU-build defects")
 
@@ -127,3 +127,28 @@ def test_defect5_static_process_group_knows_only_gpu_backends(monkeypatch):
     monkeypatch.setattr(process_group, "_get_global_env", lambda: env)
     with pytest.raises(AssertionError, match="No CUDA device found"):
         ProcessGroup(4242, [0, 1]).instantiate()
+
+
+def test_tensor_cuda_is_patched_only_while_loading_checkpoints():
+    with gloo_compat.loading_checkpoints():
+        t = paddle.to_tensor([1.0])
+        assert t.cuda() is t
+    assert paddle.Tensor.cuda is not gloo_compat._cuda_noop
+    with pytest.raises(ValueError, match="No available device"):
+        paddle.to_tensor([1.0]).cuda()
+
+
+def test_an_unverified_paddle_is_refused_in_one_line(monkeypatch):
+    from llama_model import LlamaModelError
+    from llama_model.paddle_compat import UNVERIFIED_ENV, check_paddle_version
+
+    check_paddle_version(paddle.__version__)  # the Paddle these tests run on is a verified one
+    check_paddle_version("3.3.7")
+    monkeypatch.delenv(UNVERIFIED_ENV, raising=False)
+    for version in ("3.4.0", "0.0.0", "2.6.2"):
+        with pytest.raises(
+            LlamaModelError, match=f"^Paddle {version} is not one .*{UNVERIFIED_ENV}=1"
+        ):
+            check_paddle_version(version)
+    monkeypatch.setenv(UNVERIFIED_ENV, "1")
+    check_paddle_version("3.4.0")

@@ -2,8 +2,10 @@
 
 Every patch here names the defect it works around, is applied only when the backend is gloo (or, for
 the numpy one, only when numpy is new enough to trigger it), and has a test in
-``tests/test_gloo_compat.py`` that fails when Paddle's behaviour changes, so each patch is re-examined
-rather than silently kept. Nothing here runs on a GPU (NCCL) job.
+``tests/test_paddle_compat.py`` that fails when Paddle's behaviour changes, so each patch is
+re-examined rather than silently kept. Nothing here runs on a GPU (NCCL) job. The process-wide
+patches in force are :func:`applied`; ``Tensor.cuda`` is patched only inside
+:func:`loading_checkpoints`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import threading
 import numpy as np
 
 from llama_model._paddle import paddle
+from llama_model.paddle_compat.tensors import local_value
 
+VERIFIED_FOR = ("3.3",)
 dist = paddle.distributed
 
 _applied: set[str] = set()
@@ -217,10 +221,10 @@ class SocketP2P:
         return item
 
     def send(self, tensor, peer: int) -> None:
-        self._put(peer, _host_array(_local(tensor)).tobytes())
+        self._put(peer, _host_array(local_value(tensor)).tobytes())
 
     def recv(self, tensor, peer: int) -> None:
-        local = _local(tensor)
+        local = local_value(tensor)
         data = np.frombuffer(self._take(peer), dtype=_numpy_dtype(local.dtype))
         local.copy_(paddle.to_tensor(data.reshape(local.shape)), False)
 
@@ -267,10 +271,6 @@ def _read_exactly(conn, size: int) -> bytes:
             raise EOFError("connection closed")
         got += n
     return bytes(buffer)
-
-
-def _local(tensor):
-    return tensor._local_value() if tensor.is_dist() else tensor
 
 
 def use_socket_p2p() -> None:
@@ -330,11 +330,18 @@ def _cuda_noop(self, *args, **kwargs):
     return self
 
 
-def patch_tensor_cuda_noop() -> None:
+@contextlib.contextmanager
+def loading_checkpoints():
+    """Around ``dist.load_state_dict`` on a CPU build: ``Tensor.cuda()`` returns the tensor."""
     if paddle.is_compiled_with_cuda():
+        yield
         return
+    original = paddle.Tensor.cuda
     paddle.Tensor.cuda = _cuda_noop
-    _applied.add("tensor_cuda")
+    try:
+        yield
+    finally:
+        paddle.Tensor.cuda = original
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,7 +429,6 @@ def apply() -> list[str]:
         patch_process_mesh_for_numpy()
     if is_gloo():
         patch_pipeline_p2p_ordering()
-        patch_tensor_cuda_noop()
     return sorted(_applied)
 
 
