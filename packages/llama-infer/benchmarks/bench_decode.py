@@ -9,6 +9,10 @@ sets OMP_NUM_THREADS=1); the three alternate, round after round, so a load chang
 machine hits all. Reported: median tokens/s of a whole generation, the ratios, and the time to
 first token (a generation of one token: the prompt's prefill and one pick).
 
+The bound, measured in the same run: the decode step's weight matrix products alone (the same
+shapes, chained in numpy with the same thread count: no attention, norms, cache or sampling), as
+tokens/s. Each path's tokens/s over it is the fraction of the bound it reaches.
+
     python bench_decode.py [--threads 2] [--rounds 3] [--repeats 3]
 """
 
@@ -71,6 +75,40 @@ def child_hf(directory: str, batch: int, repeats: int) -> dict[str, list[float]]
     return _timed(once, repeats)
 
 
+def child_bound(directory: str, batch: int, repeats: int) -> dict[str, list[float]]:
+    """The weight matmuls of ``NEW`` decode steps, chained in numpy (one [batch, in] x [in, out]
+    product per projection and the head), timed as a generation; no first token."""
+    import numpy as np
+
+    with open(os.path.join(directory, "config.json")) as fh:
+        c = json.load(fh)
+    h, inter, d = (
+        c["hidden_size"],
+        c["intermediate_size"],
+        c["hidden_size"] // c["num_attention_heads"],
+    )
+    kv = c["num_key_value_heads"] * d
+    rng = np.random.default_rng(0)
+    layer = [rng.standard_normal(s, dtype=np.float32) * 0.02 for s in
+             ((h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h))]  # fmt: skip
+    head = rng.standard_normal((h, c["vocab_size"]), dtype=np.float32) * 0.02
+    x0 = rng.standard_normal((batch, h), dtype=np.float32)
+
+    def once(new: int):
+        for _ in range(new):
+            x = x0  # chained through the products only (their scale keeps far from denormals)
+            for _ in range(c["num_hidden_layers"]):
+                q, _, _ = x @ layer[0], x @ layer[1], x @ layer[2]
+                x = q @ layer[3]
+                gate, _ = x @ layer[4], x @ layer[5]
+                x = gate @ layer[6]
+            _ = x @ head
+
+    times = _timed(once, repeats)
+    times["first"] = [float("nan")] * len(times["first"])
+    return times
+
+
 def _timed(once, repeats: int) -> dict[str, list[float]]:
     """Seconds of each of ``repeats`` whole generations (``once(NEW)``) and first tokens
     (``once(1)``), after one untimed warm-up of each."""
@@ -115,7 +153,8 @@ def make_models(root: str) -> dict[str, dict[str, str]]:
 
 def run_child(which: str, directory: str, batch: int, repeats: int, threads: int) -> dict:
     env = {**os.environ, "BENCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}  # fmt: skip
+           "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+           "PYTHONWARNINGS": "ignore"}  # fmt: skip
     cmd = [sys.executable, __file__, "--child", which, "--dir", directory, "--batch", str(batch),
            "--repeats", str(repeats)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -130,12 +169,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both frameworks")
     ap.add_argument("--repeats", type=int, default=3, help="timed generations per round")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--child", choices=["paddle", "hf"])
+    ap.add_argument("--child", choices=["paddle", "hf", "bound"])
     ap.add_argument("--dir")
     ap.add_argument("--batch", type=int)
     args = ap.parse_args()
     if args.child:
-        fn = child_paddle if args.child == "paddle" else child_hf
+        fn = {"paddle": child_paddle, "hf": child_hf, "bound": child_bound}[args.child]
         print(json.dumps(fn(args.dir, args.batch, args.repeats)))
         return
 
@@ -146,11 +185,12 @@ def main() -> None:
         dirs = make_models(root)
         for name, cell in dirs.items():
             for batch in (int(b) for b in args.batches.split(",")):
-                times = {k: {"total": [], "first": []} for k in KINDS}
+                times = {k: {"total": [], "first": []} for k in (*KINDS, "bound")}
                 for _ in range(args.rounds):
-                    for kind in KINDS:
-                        child = "hf" if kind == "hf" else "paddle"
-                        got = run_child(child, cell[kind], batch, args.repeats, args.threads)
+                    for kind in (*KINDS, "bound"):
+                        child = {"hf": "hf", "bound": "bound"}.get(kind, "paddle")
+                        where = cell["hf" if kind == "bound" else kind]
+                        got = run_child(child, where, batch, args.repeats, args.threads)
                         for key in ("total", "first"):
                             times[kind][key] += got[key]
                 med = {
@@ -160,12 +200,14 @@ def main() -> None:
     print(f"\nGreedy decode, config T, prompt {PROMPT}, {NEW} new tokens, {args.threads} threads, "
           f"median of {args.rounds}x{args.repeats} runs per cell; tok/s of whole generations; "
           "first token: ms to generate one token")  # fmt: skip
-    print("| kv heads | batch | dygraph tok/s | static tok/s | transformers tok/s | dygraph/hf | "
-          "static/hf | static/dygraph | first token ms: dygraph / static / hf |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| kv heads | batch | dygraph tok/s | static tok/s | transformers tok/s | weight-matmul "
+          "bound tok/s | dygraph/hf | static/hf | static/dygraph | best/bound | first token ms: "
+          "dygraph / static / hf |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     figures = Figures(__file__, vars(args))
     for name, batch, med in rows:
-        tps = {k: batch * NEW / med[k]["total"] for k in KINDS}
+        tps = {k: batch * NEW / med[k]["total"] for k in (*KINDS, "bound")}
+        best = max(tps["dygraph"], tps["static"])
         case = f"kv {name[2:]}, batch {batch}"
         hf = dict(peer="transformers generate (sdpa)", better="higher")
         figures.add(case, "decode", "tokens/s", "llama-infer dygraph", tps["dygraph"],
@@ -182,10 +224,13 @@ def main() -> None:
             figures.add(case, "time to first token", "ms", label, med[kind]["first"] * 1e3,
                         peer="transformers generate (sdpa)", peer_value=med["hf"]["first"] * 1e3,
                         better="lower")  # fmt: skip
+        figures.add(case, "decode vs the weight-matmul bound", "tokens/s", "llama-infer, best path",
+                    best, peer="weight matmuls alone (numpy)", peer_value=tps["bound"],
+                    better="higher")  # fmt: skip
         first = " / ".join(f"{med[k]['first'] * 1e3:.1f}" for k in KINDS)
         print(f"| {name[2:]} | {batch} | {tps['dygraph']:.0f} | {tps['static']:.0f} | {tps['hf']:.0f} | "
-              f"{tps['dygraph'] / tps['hf']:.2f}x | {tps['static'] / tps['hf']:.2f}x | "
-              f"{tps['static'] / tps['dygraph']:.2f}x | {first} |")  # fmt: skip
+              f"{tps['bound']:.0f} | {tps['dygraph'] / tps['hf']:.2f}x | {tps['static'] / tps['hf']:.2f}x | "
+              f"{tps['static'] / tps['dygraph']:.2f}x | {best / tps['bound']:.2f} | {first} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -180,7 +180,10 @@ def main():
     help="Start prompts with BOS [default: as tokenizer_config.json says, else no].",
 )
 @click.option(
-    "--threads", type=int, default=None, help="CPU threads [default: all available cores]."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads [default: one per physical core this process may use; hyper-threads add nothing].",
 )
 @ALLOW_PICKLE
 @click.option(
@@ -229,10 +232,6 @@ def generate(
     if dtype is not None and not is_export(model_path):  # an export's dtype is checked on opening
         check_dtype(dtype)
     SamplingConfig(decode_strategy, temperature, top_k, top_p, repetition_penalty)
-    if threads is None:
-        threads = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        )
     gen = Generator(
         model_path,
         tokenizer,

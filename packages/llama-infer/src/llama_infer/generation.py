@@ -28,6 +28,7 @@ from llama_infer.errors import InferError
 from llama_infer.manifest import is_export
 from llama_infer.sampling import SamplingConfig, next_tokens
 from llama_infer.streaming import TextStream, find_stop
+from llama_infer.threads import physical_cores
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -81,9 +82,11 @@ class Generator:
         ``llama_data.load_tokenizer`` (a ``.model``, a ``tokenizer.json``, a directory, ``"byte"``),
         a tokenizer object, or None for the one in the model directory (if any). ``dtype``: of the
         weights (default float32); an export keeps the dtype it was exported with. ``add_bos``: start
-        every prompt with BOS; by default as tokenizer_config.json says, else no."""
-        if threads is not None:
-            paddle.base.core.set_num_threads(int(threads))
+        every prompt with BOS; by default as tokenizer_config.json says, else no. ``threads``: CPU
+        threads of both paths, by default one per physical core this process may use."""
+        if threads is None:  # one per physical core (threads.py); Paddle alone would use one
+            threads = physical_cores()
+        paddle.base.core.set_num_threads(int(threads))
         directory = None
         if isinstance(model, str | os.PathLike) and is_export(os.fspath(model)):
             from llama_infer.predictor import StaticDecoder, read_export_config

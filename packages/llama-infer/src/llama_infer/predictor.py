@@ -18,6 +18,7 @@ from llama_infer._paddle import paddle
 from llama_infer.errors import InferError
 from llama_infer.manifest import read_manifest
 from llama_infer.slots import DecodeState, SlotDecoder
+from llama_infer.threads import physical_cores
 
 CONFIG_FIELDS = ("vocab_size", "max_position_embeddings", "eos_token_id", "pad_token_id")
 
@@ -47,8 +48,7 @@ def _predictor(directory: str, program: dict, threads: int | None):
         # oneDNN's passes made the decode step ~20% slower than Paddle's own CPU kernels on config T,
         # and its reduce_mean check prints to stdout, which would corrupt JSON output.
         config.disable_onednn()
-        if threads:
-            config.set_cpu_math_library_num_threads(int(threads))
+        config.set_cpu_math_library_num_threads(int(threads or physical_cores()))
     config.disable_glog_info()
     try:
         return paddle.inference.create_predictor(config)
