@@ -70,9 +70,11 @@ def test_layer_split_even_and_configured():
 
 def test_coordinates_follow_the_pp_dp_mp_mesh():
     s = Strategy.parse("dp2mp2pp2")
-    mesh = np.arange(8).reshape(2, 2, 2)  # [pp, dp, mp], row-major like ProcessMesh
+    mesh = s.build_mesh()  # the job's ProcessMesh, the strategy's one owner of it
+    assert mesh.dim_names == ["pp", "dp", "mp"] and mesh.shape == [2, 2, 2]
+    ranks = np.array(mesh.process_ids).reshape(mesh.shape)
     for rank in range(8):
-        assert s.coordinates(rank) == tuple(int(c[0]) for c in np.where(mesh == rank))
+        assert s.coordinates(rank) == tuple(int(c[0]) for c in np.where(ranks == rank))
 
 
 def test_gpu_only_options_need_their_axis():

@@ -35,7 +35,7 @@ from llama_model.loss import IGNORE_INDEX, ScaledTokenLoss, count_valid_tokens, 
 from llama_model.paddle_compat import check_paddle_version, gloo, pipelining, static_engine
 from llama_model.paddle_compat.tensors import local_value
 from llama_model.pipeline import build_stage, make_schedule, pipeline_groups
-from llama_model.strategy import MESH_DIMS, Strategy
+from llama_model.strategy import Strategy
 
 dist = paddle.distributed
 
@@ -165,10 +165,7 @@ class ParallelModel:
         loss_fn = ScaledTokenLoss(IGNORE_INDEX)
         schedule = group = None
         if strategy.world_size > 1:
-            mesh = dist.ProcessMesh(
-                np.arange(strategy.world_size).reshape(strategy.mesh_shape).tolist(),
-                dim_names=list(MESH_DIMS),
-            )
+            mesh = strategy.build_mesh()
             dist.auto_parallel.set_mesh(mesh)
             layout.mesh = mesh
             layout.stage_mesh = mesh.get_mesh_with_dim("pp", stage)

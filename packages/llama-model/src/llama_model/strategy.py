@@ -141,6 +141,16 @@ class Strategy:
     def mesh_shape(self) -> list[int]:
         return [self.pp, self.dp, self.mp]
 
+    def build_mesh(self):
+        """The job's ProcessMesh: ranks 0..world_size-1 row-major over ``MESH_DIMS`` [pp, dp, mp].
+        The one place the mesh is made (Paddle loads here; the strategy itself is plain Python)."""
+        import numpy as np
+
+        from llama_model._paddle import paddle
+
+        ranks = np.arange(self.world_size).reshape(self.mesh_shape).tolist()
+        return paddle.distributed.ProcessMesh(ranks, dim_names=list(MESH_DIMS))
+
     def coordinates(self, rank: int) -> tuple[int, int, int]:
         """(pp stage, dp replica, mp shard) of a rank in the row-major [pp, dp, mp] mesh."""
         stage, rest = divmod(rank, self.dp * self.mp)
