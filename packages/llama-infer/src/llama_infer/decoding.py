@@ -35,6 +35,7 @@ class CachedDecoder(SlotDecoder):
         self.on_cpu = w.embed.place.is_cpu_place()
         self.cos = w.cos.astype(self.dtype)
         self.sin = w.sin.astype(self.dtype)
+        self.ops = kernels.for_inference(self.dtype, self.on_cpu)  # straight calls, chosen once
 
     @paddle.no_grad()
     def prefill(self, input_ids: np.ndarray, pads: np.ndarray, max_len: int):
@@ -56,7 +57,7 @@ class CachedDecoder(SlotDecoder):
             mask = None
         with kernels.no_strided_views() if fresh else contextlib.nullcontext():
             logits, _, _ = functional.forward(
-                self.weights, kernels, self.cos, self.sin, ids, positions, start, mask,
+                self.weights, self.ops, self.cos, self.sin, ids, positions, start, mask,
                 state.keys, state.values, fresh=fresh,
             )  # fmt: skip
         return logits.numpy()

@@ -9,6 +9,7 @@ Contract shared with llama-ops (same numbers within fp32 tolerance):
 
 ``rms_norm``, ``apply_rope`` and ``swiglu`` are the chosen ones; ``plain`` holds the plain-Paddle three.
 ``causal_attention`` uses llama-ops' causal softmax on CPU when the installed llama-ops has it.
+``for_inference(dtype, on_cpu)`` gives the same primitives called straight, for decoding.
 ``no_strided_views()`` is the context the model's compute runs in on CPU (see _paddle.py), for
 callers that drive the primitives themselves (llama-infer's decoder). It sets a process-wide Paddle
 flag for the duration of the block: threads running Paddle ops concurrently see it too.
@@ -104,6 +105,30 @@ else:
     swiglu = _swiglu
 
 
+def for_inference(dtype, on_cpu: bool) -> SimpleNamespace:
+    """rms_norm / apply_rope / swiglu / causal_attention for eager tensors of ``dtype`` outside
+    autograd and off any mesh (decoding), called straight: llama-ops' compiled operators without its
+    per-call dispatch (which checks what a decoder knows once), and on CPU in float32 Paddle's own
+    fused RMSNorm kernel, cheaper per call than a custom operator. A decode step calls these tens of
+    times on a few kilobytes each, where the per-call costs outweigh the kernels. Same numbers as
+    the chosen primitives within fp32 rounding."""
+    ops = SimpleNamespace(
+        rms_norm=rms_norm, apply_rope=apply_rope, swiglu=swiglu, causal_attention=causal_attention
+    )
+    kernels_here = _ops is not None and _ops.backend().startswith(
+        "fused (cpu" if on_cpu else "fused (cpu+cuda"
+    )
+    if kernels_here:
+        ops.rms_norm, ops.apply_rope, ops.swiglu = (
+            _ops.fused.rms_norm, _ops.fused.apply_rope, _ops.fused.swiglu
+        )  # fmt: skip
+    if on_cpu and dtype == paddle.float32:
+        from llama_model.paddle_compat.kernels import cpu_rms_norm
+
+        ops.rms_norm = cpu_rms_norm() or ops.rms_norm
+    return ops
+
+
 def causal_attention(q, k, v):
     """softmax(q kᵀ/√d + causal mask) v with grouped-query heads; q: [b, s, nq, d], k/v: [b, s, nk, d].
 
@@ -150,6 +175,7 @@ __all__ = [
     "apply_rope",
     "backend",
     "causal_attention",
+    "for_inference",
     "no_strided_views",
     "plain",
     "reset_usage",

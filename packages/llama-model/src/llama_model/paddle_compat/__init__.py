@@ -14,6 +14,7 @@ them before the parallel stack or the launcher relies on any of them (set
   the gradient clip the static optimizer takes.
 * ``launch``: Paddle's launcher's stop signal handling and its rank start (llama-train).
 * ``optimizer``: an optimizer's accumulators (llama-train reads and reshards AdamW's moments).
+* ``kernels``: Paddle's own fused kernels a build may lack for a device (``fused_rms_norm`` on CPU).
 
 llama-ops keeps its one internal (``paddle._C_ops._run_custom_op``, its custom-op call) itself: it
 depends on nothing of the project. The gloo patches in force are listed in llama-train's start-up
