@@ -150,5 +150,12 @@ def test_an_unverified_paddle_is_refused_in_one_line(monkeypatch):
             LlamaModelError, match=f"^Paddle {version} is not one .*{UNVERIFIED_ENV}=1"
         ):
             check_paddle_version(version)
+    # a module re-verified for a new series drops out of the list; the others still refuse it
+    from llama_model.paddle_compat import ADAPTERS, unverified_adapters
+
+    monkeypatch.setattr(gloo_compat, "VERIFIED_FOR", ("3.3", "3.4"))
+    assert unverified_adapters("3.4.0") == [a for a in ADAPTERS if a != "gloo"]
+    with pytest.raises(LlamaModelError, match=r"\(kernels, launch, optimizer, pipelining, "):
+        check_paddle_version("3.4.0")
     monkeypatch.setenv(UNVERIFIED_ENV, "1")
     check_paddle_version("3.4.0")

@@ -1,9 +1,9 @@
 """Every use of Paddle's internals in the project, behind named adapters, one module per concern.
 
 Upgrading Paddle means reading this folder. Each module names the Paddle series it was verified
-against (``VERIFIED_FOR``); :func:`check_paddle_version` refuses, in one line, a Paddle outside
-them before the parallel stack or the launcher relies on any of them (set
-``LLAMA_MODEL_UNVERIFIED_PADDLE=1`` to try anyway).
+against (``VERIFIED_FOR``); :func:`check_paddle_version` refuses, in one line naming the modules, a
+Paddle outside them before the parallel stack or the launcher relies on any of them (set
+``LLAMA_MODEL_UNVERIFIED_PADDLE=1`` to try anyway). Re-verify a module, then add the series to it.
 
 * ``gloo``: workarounds for Paddle defects met when auto-parallel runs on CPU over gloo (process
   mesh and numpy 2.4, p2p ordering and the socket transport, static process groups, ``Tensor.cuda``
@@ -28,25 +28,39 @@ import os
 from llama_model.errors import LlamaModelError
 
 UNVERIFIED_ENV = "LLAMA_MODEL_UNVERIFIED_PADDLE"
-VERIFIED_FOR = ("3.3",)  # the Paddle series every adapter here was checked against
+# The adapter modules, each declaring the Paddle series it was verified for (``VERIFIED_FOR``).
+ADAPTERS = ("gloo", "kernels", "launch", "optimizer", "pipelining", "static_engine", "tensors")
 
 
 def paddle_series(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
+def unverified_adapters(version: str) -> list[str]:
+    """The adapters not verified for ``version``'s series."""
+    from importlib import import_module
+
+    series = paddle_series(version)
+    return [
+        name
+        for name in ADAPTERS
+        if series not in import_module(f"llama_model.paddle_compat.{name}").VERIFIED_FOR
+    ]
+
+
 def check_paddle_version(version: str | None = None) -> None:
-    """Refuse a Paddle whose series the adapters were not verified against (one line)."""
+    """Refuse a Paddle whose series an adapter was not verified against (one line)."""
     if version is None:
         import paddle
 
         version = paddle.__version__
-    if paddle_series(version) in VERIFIED_FOR or os.environ.get(UNVERIFIED_ENV) == "1":
+    unverified = unverified_adapters(version)
+    if not unverified or os.environ.get(UNVERIFIED_ENV) == "1":
         return
     raise LlamaModelError(
         f"Paddle {version} is not one llama-model's adapters of Paddle internals were verified "
-        f"against ({', '.join(s + '.x' for s in VERIFIED_FOR)}; see llama_model/paddle_compat); "
-        f"set {UNVERIFIED_ENV}=1 to try it anyway"
+        f"against ({', '.join(unverified)}; see llama_model/paddle_compat); set "
+        f"{UNVERIFIED_ENV}=1 to try it anyway"
     )
 
 
