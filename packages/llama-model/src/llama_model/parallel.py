@@ -145,10 +145,7 @@ class ParallelModel:
         stage is built without memory and each rank reads only the shards it holds.
         """
         check_backend_support(strategy, compute_dtype)
-        if recompute not in plan.RECOMPUTE_CHOICES:
-            raise LlamaModelError(
-                f"recompute must be one of {plan.RECOMPUTE_CHOICES}, got {recompute!r}"
-            )
+        plan.check_recompute(recompute)  # before any process group starts
         strategy.validate(config, world_size=world_size_from_env())
         if weights is not None:
             weights.check(config)

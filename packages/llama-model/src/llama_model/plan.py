@@ -125,19 +125,23 @@ def apply_sequence_parallel(module, mesh) -> None:
 RECOMPUTE_CHOICES = (None, "full", "attention")
 
 
+def check_recompute(granularity: str | None) -> None:
+    if granularity not in RECOMPUTE_CHOICES:
+        raise LlamaModelError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {granularity!r}")
+
+
 def apply_recompute(module, granularity: str | None) -> None:
     """Recompute activations in the backward instead of keeping them, applied from outside the
     model: ``"full"`` wraps each decoder layer's forward, ``"attention"`` its attention block (the
     norm and attention). Only while training; evaluation runs the plain forward. A compiled step
     turns the compiler's recompute pass on for such a module (``recompute_granularity``)."""
-    if granularity not in RECOMPUTE_CHOICES:
-        raise LlamaModelError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {granularity!r}")
+    check_recompute(granularity)
     if granularity is None:
         return
     from paddle.distributed.fleet.utils import recompute
 
+    name = "forward" if granularity == "full" else "attention_block"
     for layer in module.llama.layers.values():
-        name = "forward" if granularity == "full" else "attention_block"
         plain = getattr(layer, name)
 
         def checkpointed(*args, _plain=plain, _layer=layer):

@@ -38,6 +38,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llama_ckpt.atomic import write_atomic
+from llama_ckpt.errors import CheckpointError
+
 RUN_ID_ENV = "LLAMA_TRAIN_RUN_ID"  # every process of a job carries it (tests find them by it)
 EXITS_DIR_ENV = "LLAMA_TRAIN_EXITS_DIR"  # where the launcher writes the ranks' exit records
 FRONT_PID_ENV = "LLAMA_TRAIN_FRONT_PID"
@@ -99,16 +102,10 @@ class RankExit:
         return f"exited with code {self.status}"
 
 
-def _exit_record(logs: Path, rank: int) -> Path:
-    return logs / f"exit.{rank}.json"
-
-
 def _write_record(rank_exit: RankExit, logs: Path) -> None:
-    path = _exit_record(logs, rank_exit.rank)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(asdict(rank_exit)) + "\n")
-        os.replace(tmp, path)
+    # A record not written (full disk, logs gone) leaves the front's view of that rank.
+    with contextlib.suppress(OSError, CheckpointError):
+        write_atomic(logs / f"exit.{rank_exit.rank}.json", json.dumps(asdict(rank_exit)) + "\n")
 
 
 def record_exit(pid: int, rank: int, run_id: str, logs: Path) -> threading.Thread:
