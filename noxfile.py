@@ -56,9 +56,10 @@ PACKAGES: dict[str, Package] = {
         test_no_deps=("fast-dataindex==0.1.2",),
     ),
     "ckpt-tools": Package("ckpt-tools"),
-    # llama-model uses llama-ops' fused kernels when they are installed and plain Paddle otherwise:
-    # its own session tests the plain path, this one the fused path.
-    "llama-ops": Package("llama-ops", consumers=("llama-model",)),
+    # llama-model uses llama-ops' fused kernels when they are installed and plain Paddle otherwise,
+    # and llama-infer's exports run its fused decoder layers: their own sessions test the plain
+    # path, this one the fused path.
+    "llama-ops": Package("llama-ops", consumers=("llama-model", "llama-infer")),
     # ckpt-tools reads the weights a model starts from (--init-from), without Paddle.
     "llama-model": Package(
         "llama-model", needs=("ckpt-tools",), env={"LLAMA_MODEL_EXPECT_KERNELS": "paddle"}
@@ -70,7 +71,11 @@ PACKAGES: dict[str, Package] = {
         needs=("llama-data", "llama-model", "ckpt-tools"),
         bench_with=("llama-ops",),  # fused kernels vs plain Paddle under dp/mp/pp
     ),
-    "llama-infer": Package("llama-infer", needs=("llama-data", "ckpt-tools", "llama-model")),
+    "llama-infer": Package(
+        "llama-infer",
+        needs=("llama-data", "ckpt-tools", "llama-model"),
+        bench_with=("llama-ops",),  # the default export's fused layers vs a portable export
+    ),
 }
 # A package directory is only part of the build once it has a pyproject.toml.
 PACKAGES = {name: pkg for name, pkg in PACKAGES.items() if (pkg.path / "pyproject.toml").exists()}

@@ -17,7 +17,13 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 EXT_NAME = "llama_ops._kernels"
-CPU_SOURCES = ["csrc/rms_norm.cc", "csrc/rope.cc", "csrc/swiglu.cc", "csrc/causal_softmax.cc"]
+CPU_SOURCES = [
+    "csrc/rms_norm.cc",
+    "csrc/rope.cc",
+    "csrc/swiglu.cc",
+    "csrc/causal_softmax.cc",
+    "csrc/decoder_layer.cc",
+]
 CUDA_SOURCES = ["csrc/rms_norm.cu", "csrc/rope.cu", "csrc/swiglu.cu"]
 CXX_FLAGS = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 NVCC_FLAGS = ["-O3", "-std=c++17"]

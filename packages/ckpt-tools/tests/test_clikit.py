@@ -2,6 +2,7 @@
 
 import click
 from click.testing import CliRunner
+
 from llama_ckpt.clikit import EXIT_NON_FINITE, Failure, default_command_group, user_errors
 
 
@@ -22,7 +23,8 @@ def go(what):
     if what == "mistake":
         raise Mistake("bad what")
     if what == "missing":
-        open("/nonexistent/file")
+        with open("/nonexistent/file"):
+            pass
     if what == "nan":
         raise Failure("loss is nan", EXIT_NON_FINITE)
     if what == "bug":

@@ -3,10 +3,12 @@ inference engine), against transformers' generate (sdpa attention), same weights
 
 Config "T" of llama-model (vocab 8192, hidden 256, 4 layers, 8 heads; kv 8 and kv 2), random weights
 saved once and exported in both layouts with llama-ckpt, and with `llama-infer export` (cache
-capacity prompt + new tokens). Greedy, prompt 32, 128 new tokens (never stopping early), batch 1
-and 8. Each runs in its own subprocess with the same thread count (set explicitly: importing Paddle
-sets OMP_NUM_THREADS=1); the three alternate, round after round, so a load change on a shared
-machine hits all. Reported: median tokens/s of a whole generation, the ratios, and the time to
+capacity prompt + new tokens), by default ("static": llama-ops' fused layers when it is installed)
+and with --portable (plain Paddle operators). Greedy, prompt 32, 128 new tokens (never stopping
+early), batch 1 and 8. Each runs in its own subprocess with the same thread count (set explicitly:
+importing Paddle sets OMP_NUM_THREADS=1), llama-infer's after the llama-infer command's
+configure_runtime; the five alternate, round after round, so a load change on a shared machine hits
+all. Reported: median tokens/s of a whole generation, the ratios, and the time to
 first token (a generation of one token: the prompt's prefill and one pick).
 
 The bound, measured in the same run: the decode step's weight matrix products alone (the same
@@ -31,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 from bench_figures import Figures  # the repository's figures protocol
 
 PROMPT, NEW = 32, 128
-KINDS = ("dygraph", "static", "hf")  # llama-infer on a model directory, on an export; transformers
+# llama-infer on a model directory, on its default export (llama-ops' fused layers when installed),
+# on a --portable export (plain Paddle operators); transformers
+KINDS = ("dygraph", "static", "portable", "hf")
 
 
 def child_paddle(directory: str, batch: int, repeats: int) -> dict[str, list[float]]:
@@ -40,7 +44,7 @@ def child_paddle(directory: str, batch: int, repeats: int) -> dict[str, list[flo
 
     from llama_model import configure_runtime
 
-    configure_runtime()  # as the llama-infer command does, before Paddle loads
+    configure_runtime(pin_threads=True)  # as the llama-infer command does, before Paddle loads
     from llama_infer import Generator
 
     gen = Generator(directory, threads=int(os.environ["BENCH_THREADS"]))
@@ -124,7 +128,8 @@ def _timed(once, repeats: int) -> dict[str, list[float]]:
 
 def make_models(root: str) -> dict[str, dict[str, str]]:
     """Random config-T weights as a paddle-layout and an hf-layout model directory, and exported to
-    static programs: {"kv8": {"dygraph": dir, "static": dir, "hf": dir}, "kv2": ...}."""
+    static programs, by default and portable: {"kv8": {"dygraph": dir, "static": dir, "portable":
+    dir, "hf": dir}, "kv2": ...}."""
     from llama_model import configure_runtime
 
     configure_runtime()
@@ -148,6 +153,7 @@ def make_models(root: str) -> dict[str, dict[str, str]]:
         export(os.path.join(src, "model.pdparams"), cell["hf"], layout="hf")
         model.eval()
         export_model(model, cell["static"], capacity=PROMPT + NEW)
+        export_model(model, cell["portable"], capacity=PROMPT + NEW, portable=True)
     return dirs
 
 
@@ -183,6 +189,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         dirs = make_models(root)
+        with open(os.path.join(dirs["kv8"]["static"], "export.json")) as fh:
+            ops = json.load(fh)["custom_ops"]
+        kernels = f"llama-ops' {', '.join(ops)}" if ops else "plain Paddle operators (no llama-ops)"
         for name, cell in dirs.items():
             for batch in (int(b) for b in args.batches.split(",")):
                 times = {k: {"total": [], "first": []} for k in (*KINDS, "bound")}
@@ -200,10 +209,11 @@ def main() -> None:
     print(f"\nGreedy decode, config T, prompt {PROMPT}, {NEW} new tokens, {args.threads} threads, "
           f"median of {args.rounds}x{args.repeats} runs per cell; tok/s of whole generations; "
           "first token: ms to generate one token")  # fmt: skip
-    print("| kv heads | batch | dygraph tok/s | static tok/s | transformers tok/s | weight-matmul "
-          "bound tok/s | dygraph/hf | static/hf | static/dygraph | best/bound | first token ms: "
-          "dygraph / static / hf |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"static: the default export, {kernels}; portable: --portable, plain Paddle operators")
+    print("| kv heads | batch | dygraph tok/s | static tok/s | portable tok/s | transformers tok/s "
+          "| weight-matmul bound tok/s | dygraph/hf | static/hf | static/dygraph | best/bound | "
+          "first token ms: dygraph / static / portable / hf |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     figures = Figures(__file__, vars(args))
     for name, batch, med in rows:
         tps = {k: batch * NEW / med[k]["total"] for k in (*KINDS, "bound")}
@@ -214,12 +224,15 @@ def main() -> None:
                     peer_value=tps["hf"], **hf)  # fmt: skip
         figures.add(case, "decode", "tokens/s", "llama-infer static predictor", tps["static"],
                     peer_value=tps["hf"], **hf)  # fmt: skip
+        figures.add(case, "decode", "tokens/s", "llama-infer static, portable export",
+                    tps["portable"], peer_value=tps["hf"], **hf)  # fmt: skip
         figures.add(case, "decode vs dygraph", "tokens/s", "llama-infer static predictor",
                     tps["static"], peer="llama-infer dygraph", peer_value=tps["dygraph"],
                     better="higher")  # fmt: skip
         for kind, label in (
             ("dygraph", "llama-infer dygraph"),
             ("static", "llama-infer static predictor"),
+            ("portable", "llama-infer static, portable export"),
         ):
             figures.add(case, "time to first token", "ms", label, med[kind]["first"] * 1e3,
                         peer="transformers generate (sdpa)", peer_value=med["hf"]["first"] * 1e3,
@@ -228,7 +241,8 @@ def main() -> None:
                     best, peer="weight matmuls alone (numpy)", peer_value=tps["bound"],
                     better="higher")  # fmt: skip
         first = " / ".join(f"{med[k]['first'] * 1e3:.1f}" for k in KINDS)
-        print(f"| {name[2:]} | {batch} | {tps['dygraph']:.0f} | {tps['static']:.0f} | {tps['hf']:.0f} | "
+        print(f"| {name[2:]} | {batch} | {tps['dygraph']:.0f} | {tps['static']:.0f} | "
+              f"{tps['portable']:.0f} | {tps['hf']:.0f} | "
               f"{tps['bound']:.0f} | {tps['dygraph'] / tps['hf']:.2f}x | {tps['static'] / tps['hf']:.2f}x | "
               f"{tps['static'] / tps['dygraph']:.2f}x | {best / tps['bound']:.2f} | {first} |")  # fmt: skip
 

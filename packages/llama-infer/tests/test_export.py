@@ -16,22 +16,35 @@ from conftest import padded_prompts, random_model, tiny_config, write_model_dir
 from test_loading_and_cli import cli, error_line
 
 from llama_infer import CachedDecoder, Generator, StaticDecoder, export_model, read_manifest
+from llama_infer.manifest import CUSTOM_OPS
 
 CAPACITY = 40
 
 
+# The session says whether llama-ops is installed: llama-ops' nox session runs this suite with it
+# (default exports are then fused), llama-infer's own without it (every export is portable).
+FUSED = os.environ.get("LLAMA_MODEL_EXPECT_KERNELS", "").startswith("llama-ops")
+KINDS = ("default", "portable")
+
+
 @pytest.fixture(scope="module")
 def exports(model_dirs, tmp_path_factory):
-    """{name: (model, model_dir, export_dir)} for the MHA and the GQA (tied) model."""
+    """{(name, kind): (model, model_dir, export_dir)} for the MHA and the GQA (tied) model, each
+    exported by default and with --portable."""
     root = tmp_path_factory.mktemp("exports")
     out = {}
     for name, (model, paddle_dir, _) in model_dirs.items():
-        out[name] = (model, paddle_dir, str(root / name))
-        result = cli(
-            "export", "--model", paddle_dir, "--output", out[name][2],
-            "--max-seq-len", str(CAPACITY),
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        for kind in KINDS:
+            export_dir = str(root / f"{name}-{kind}")
+            out[name, kind] = (model, paddle_dir, export_dir)
+            result = cli(
+                "export", "--model", paddle_dir, "--output", export_dir,
+                "--max-seq-len", str(CAPACITY), *(["--portable"] if kind == "portable" else []),
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            fused = FUSED and kind == "default"
+            assert read_manifest(export_dir)["custom_ops"] == (list(CUSTOM_OPS) if fused else [])
+            assert ("with llama-ops' fused decoder layers" in result.stderr) == fused, result.stderr
     return out
 
 
@@ -44,9 +57,10 @@ def _batch(prompts):
     return batch, pads
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["mha", "gqa"])
-def test_static_steps_give_dygraph_logits(exports, name):
-    model, _, export_dir = exports[name]
+def test_static_steps_give_dygraph_logits(exports, name, kind):
+    model, _, export_dir = exports[name, kind]
     # padded, and unpadded (dygraph's prefill then takes the causal path, the export the masked one)
     for lengths in ((4, 11, 1), (9, 9)):
         batch, pads = _batch(padded_prompts(7, lengths))
@@ -61,9 +75,10 @@ def test_static_steps_give_dygraph_logits(exports, name):
             d_logits, s_logits = dygraph.step(d_state, tokens), static.step(s_state, tokens)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["mha", "gqa"])
-def test_static_generation_matches_dygraph(exports, name):
-    _, model_dir, export_dir = exports[name]
+def test_static_generation_matches_dygraph(exports, name, kind):
+    _, model_dir, export_dir = exports[name, kind]
     dygraph, static = Generator(model_dir, threads=1), Generator(export_dir, threads=1)
     single = [padded_prompts(3, (6,))[0]]
     padded = padded_prompts(4, (5, 12, 2, 8))
@@ -79,7 +94,7 @@ def test_static_generation_matches_dygraph(exports, name):
 
 
 def test_manifest_names_the_programs_inputs_and_outputs(exports):
-    _, _, export_dir = exports["gqa"]
+    _, _, export_dir = exports["gqa", "default"]
     manifest = read_manifest(export_dir)
     assert sorted(os.listdir(export_dir)) == [
         "config.json",
@@ -103,21 +118,22 @@ def test_manifest_names_the_programs_inputs_and_outputs(exports):
     assert kv == [None, 2, CAPACITY, 16]  # [batch (open), kv heads, capacity, head_dim]
     assert manifest["programs"]["decode"]["inputs"][0]["shape"] == [None, 1]
     assert manifest["programs"]["prefill"]["inputs"][0]["shape"] == [None, None]
-    # format 3: the step's mask has the scores' shape [b, kv heads, group, capacity]
+    # since format 3: the step's mask has the scores' shape [b, kv heads, group, capacity]
     assert manifest["programs"]["decode"]["inputs"][3]["shape"] == [None, 2, 2, CAPACITY]
     assert manifest["programs"]["prefill"]["inputs"][3]["shape"] == [None, 1, 1, None, None]
 
 
-# Run in a fresh interpreter where importing llama-model (or llama-ops) fails: serving an export
-# must need only paddle and llama-infer.
-_WITHOUT_LLAMA_MODEL = """
+# Run in a fresh interpreter where importing the packages named by the first argument fails: serving
+# an export must need only paddle and llama-infer, and llama-ops for a fused one.
+_WITHOUT = """
 import runpy, sys
+refused = sys.argv[1].split(",")
 class Refuse:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("llama_model", "llama_ops"):
+        if name.split(".")[0] in refused:
             raise ImportError(f"{name} must not be imported")
 sys.meta_path.insert(0, Refuse())
-sys.argv = ["llama-infer", *sys.argv[1:]]
+sys.argv = ["llama-infer", *sys.argv[2:]]
 runpy.run_module("llama_infer.cli", run_name="__main__")
 """
 
@@ -141,8 +157,9 @@ def test_export_runs_in_a_process_without_llama_model(byte_export, tmp_path):
     args = ["--threads", "1", "--tokenizer", "byte", "--input-file", str(prompts)]
     args += ["--max-new-tokens", "8", "--batch-size", "2"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    refused = "llama_model" if FUSED else "llama_model,llama_ops"
     static = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_LLAMA_MODEL, "--model", export_dir, *args],
+        [sys.executable, "-c", _WITHOUT, refused, "--model", export_dir, *args],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert static.returncode == 0, static.stderr
@@ -218,3 +235,26 @@ def test_export_api_ships_tokenizer_and_overwrites(model_dirs, tmp_path):
     assert (out / "tokenizer_config.json").exists()
     # The exported config is the model's.
     assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 2
+
+
+def test_a_fused_export_needs_llama_ops_and_says_so(byte_export, tmp_path):
+    """Served where llama-ops cannot be imported, a fused export is refused in one line that names
+    llama-ops and --portable; exported where llama-ops is missing, an export is portable and the
+    command says why."""
+    model_dir, export_dir = byte_export
+    if not FUSED:
+        assert read_manifest(export_dir)["custom_ops"] == []
+        result = cli("export", "--model", model_dir, "--output", str(tmp_path / "again"))
+        assert result.returncode == 0, result.stderr
+        assert "with plain Paddle operators (llama-ops is not installed)" in result.stderr
+        return
+    run = ["--model", export_dir, "--tokenizer", "byte", "--prompt", "To be", "--threads", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    served = subprocess.run(
+        [sys.executable, "-c", _WITHOUT, "llama_model,llama_ops", *run],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert served.returncode == 2, served.stderr
+    line = error_line(served)
+    assert "needs llama-ops" in line and "fused_decoder_layer" in line, line
+    assert "--portable" in line, line

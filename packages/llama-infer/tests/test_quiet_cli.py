@@ -52,3 +52,21 @@ def test_help_is_the_help_only(warning_env):
     result = llama_infer("--help", env=warning_env)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith("Usage: llama-infer [OPTIONS] COMMAND [ARGS]...\n")
+
+
+def test_export_and_serving_print_their_own_lines_only(tmp_path, warning_env):
+    """No Paddle C++ warning (its to_static prints one through glog) and no Python warning: the
+    export's one line, then the completion alone."""
+    from conftest import random_model, tiny_config, write_model_dir
+
+    model = random_model(tiny_config(vocab_size=260, eos_token_id=257, bos_token_id=256), seed=2)
+    model_dir = write_model_dir(model, str(tmp_path / "m"))
+    export_dir = tmp_path / "export"
+    result = llama_infer("export", "--model", model_dir, "--output", export_dir, env=warning_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("exported 2-layer model"), result.stderr
+    args = ("--model", export_dir, "--tokenizer", "byte", "--prompt", "To be", "--threads", "1")
+    result = llama_infer(*args, "--max-new-tokens", "3", env=warning_env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.strip() != ""

@@ -268,3 +268,67 @@ def test_the_inference_primitives_give_the_chosen_ones_numbers():
     np.testing.assert_allclose(
         ops.swiglu(gate, up).numpy(), kernels.swiglu(gate, up).numpy(), rtol=0, atol=1e-6
     )
+
+
+def test_the_fused_layers_give_the_composed_forwards_numbers():
+    """``kernels.fused_layers()`` (one llama-ops kernel per decoder layer, and one for the final norm
+    and head) against the composed ``kernels.plain`` forward: a prefill of left-padded prompts, then
+    decode steps over the cache, same logits and caches. Without llama-ops it is refused, saying so.
+    The floor: the largest logit difference over these steps was 1.1e-6 (logits ~1); 1e-5 fails
+    when the fused layers get eps=1e-2."""
+    from llama_model import functional, kernels
+
+    if not os.environ.get("LLAMA_MODEL_EXPECT_KERNELS", "").startswith("llama-ops"):
+        assert kernels.fused_layers_available() == "llama-ops is not installed"
+        with pytest.raises(RuntimeError, match="llama-ops is not installed"):
+            kernels.fused_layers()
+        return
+    paddle.seed(3)
+    model = LlamaForCausalLM(preset("tiny"))
+    model.eval()
+    composed = functional.ModelWeights(model, detach=True)
+    fused = functional.ModelWeights(model, detach=True)
+    fused.layers = [functional.FusedLayerWeights.of(w) for w in fused.layers]
+    heads = composed.heads
+    b, p, capacity = 2, 4, 8
+    pads = np.array([0, 3])
+    slots = np.arange(capacity)
+    real = slots[None, :] >= pads[:, None]
+    allowed = real[:, None, :p] & (slots[None, :p, None] >= slots[None, None, :p])
+    low = float(np.finfo(np.float32).min)
+    prefill_mask = paddle.to_tensor(np.where(allowed, 0.0, low)[:, None, None].astype("float32"))
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(3, 250, (b, p)))
+    positions = paddle.to_tensor(np.maximum(slots[None, :p] - pads[:, None], 0).reshape(-1))
+    shape = [b, heads.num_kv_heads, capacity, heads.head_dim]
+    caches = {}
+    for name, w, ops in (
+        ("plain", composed, kernels.plain),
+        ("fused", fused, kernels.fused_layers()),
+    ):
+        keys = [paddle.zeros(shape) for _ in w.layers]
+        values = [paddle.zeros(shape) for _ in w.layers]
+        with paddle.no_grad():
+            logits, keys, values = functional.forward(
+                w, ops, w.cos, w.sin, ids, positions, 0, prefill_mask, keys, values, fresh=True
+            )
+            steps = [logits.numpy()]
+            for t in range(p, capacity):
+                seen = np.where(real & (slots[None, :] <= t), 0.0, low).astype("float32")
+                mask = np.broadcast_to(
+                    seen[:, None, None], (b, heads.num_kv_heads, heads.group, capacity)
+                )
+                logits, keys, values = functional.forward(
+                    w, ops, w.cos, w.sin, paddle.to_tensor([[5], [6]]),
+                    paddle.to_tensor(t - pads), t, paddle.to_tensor(np.ascontiguousarray(mask)),
+                    keys, values,
+                )  # fmt: skip
+                steps.append(logits.numpy())
+        caches[name] = (steps, [k.numpy() for k in keys])
+    for got, want in zip(caches["fused"][0], caches["plain"][0]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    for got, want in zip(caches["fused"][1], caches["plain"][1]):
+        # Real slots only: a padding query sees no key, and the two spread its attention over
+        # different slots (harmless: no real query ever attends a padding slot).
+        np.testing.assert_allclose(
+            got.transpose(0, 2, 1, 3)[real], want.transpose(0, 2, 1, 3)[real], rtol=0, atol=1e-5
+        )

@@ -1,30 +1,13 @@
 // fused_rms_norm: out = x * rsqrt(mean(x^2) + eps) * weight over the last axis, statistics in fp32
 // (fp64 for double inputs). The forward also returns inv_rms per row so the backward never
 // recomputes the reduction.
-#include "common.h"
+#include "rows.h"
 #ifdef PADDLE_WITH_CUDA
 #include "cuda_launchers.h"
 #endif
 
 namespace llama_ops {
 namespace {
-
-template <typename T>
-LLAMA_OPS_CPU_CLONES void rms_norm_row(const T* __restrict x, const T* __restrict w, T* __restrict out,
-                                       typename Acc<T>::type* __restrict inv_rms, int64_t h,
-                                       float eps) {
-  using A = typename Acc<T>::type;
-  A ss = 0;
-#pragma omp simd reduction(+ : ss)
-  for (int64_t i = 0; i < h; ++i) {
-    const A v = load(x[i]);
-    ss += v * v;
-  }
-  const A inv = A(1) / std::sqrt(ss / static_cast<A>(h) + static_cast<A>(eps));
-  *inv_rms = inv;
-#pragma omp simd
-  for (int64_t i = 0; i < h; ++i) out[i] = store<T>(load(x[i]) * inv * load(w[i]));
-}
 
 // One row of the backward. With n = x * inv (the normalised row) and gw = g * w:
 //   dx = inv * (gw - n * mean(gw * n)),   dweight += g * n

@@ -5,38 +5,13 @@
 // rotation is orthogonal, so the backward applies its transpose to the incoming gradient:
 //   dx1 = g1 * cos1 + g2 * sin2,   dx2 = g2 * cos2 - g1 * sin1.
 // cos and sin receive no gradient.
-#include "common.h"
+#include "rows.h"
 #ifdef PADDLE_WITH_CUDA
 #include "cuda_launchers.h"
 #endif
 
 namespace llama_ops {
 namespace {
-
-// All heads of one (batch, position) row: x and out point at [heads, d].
-template <typename T>
-LLAMA_OPS_CPU_CLONES void rope_row(const T* __restrict x, const T* __restrict cos,
-                                   const T* sin, T* __restrict out, int64_t heads,
-                                   int64_t d, int sign) {
-  using A = typename Acc<T>::type;
-  const int64_t half = d / 2;
-  const A s = static_cast<A>(sign);
-  // The forward (sign=+1) weights each element by sin at its own index; the transpose by sin at
-  // its partner's index.
-  const T* sin_lo = sign > 0 ? sin : sin + half;
-  const T* sin_hi = sign > 0 ? sin + half : sin;
-  for (int64_t h = 0; h < heads; ++h) {
-    const T* xh = x + h * d;
-    T* oh = out + h * d;
-#pragma omp simd
-    for (int64_t i = 0; i < half; ++i) {
-      const A x1 = load(xh[i]);
-      const A x2 = load(xh[i + half]);
-      oh[i] = store<T>(x1 * load(cos[i]) - s * x2 * load(sin_lo[i]));
-      oh[i + half] = store<T>(x2 * load(cos[i + half]) + s * x1 * load(sin_hi[i]));
-    }
-  }
-}
 
 template <typename T>
 void rope_cpu(const paddle::Tensor& x, const paddle::Tensor& cos, const paddle::Tensor& sin,

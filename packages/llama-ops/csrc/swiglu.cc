@@ -2,29 +2,13 @@
 // on one tensor [..., 2 * inner] whose first half is gate and second half up (the layout of a fused
 // gate_up projection and of paddle.incubate.nn.functional.swiglu(x)). Backward, with s = sigmoid(gate):
 //   dgate = g * up * s * (1 + gate * (1 - s)),   dup = g * gate * s.
-#include "common.h"
+#include "rows.h"
 #ifdef PADDLE_WITH_CUDA
 #include "cuda_launchers.h"
 #endif
 
 namespace llama_ops {
 namespace {
-
-template <typename A>
-inline A sigmoid(A x) {
-  return A(1) / (A(1) + vexp(-x));
-}
-
-template <typename T>
-LLAMA_OPS_CPU_CLONES void swiglu_row(const T* __restrict gate, const T* __restrict up,
-                                     T* __restrict out, int64_t n) {
-  using A = typename Acc<T>::type;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const A g = load(gate[i]);
-    out[i] = store<T>(g * sigmoid(g) * load(up[i]));
-  }
-}
 
 template <typename T>
 LLAMA_OPS_CPU_CLONES void swiglu_grad_row(const T* __restrict gate, const T* __restrict up,

@@ -106,12 +106,15 @@ def main():
     llama-infer generate --help                         # every generation option
     llama-infer export --model llama-dir --output llama-export
     """
+    # Paddle's C++ warnings (glog), unless the user sets the level: exporting prints "Paddle static
+    # graph(PIR) not support input out tensor for now!!!!!" about its own to_static internals.
+    os.environ.setdefault("GLOG_minloglevel", "2")
     try:
         from llama_model.runtime import configure_runtime
     except ImportError:  # the static path (an export directory) runs without llama-model
         pass
     else:
-        configure_runtime()  # before Paddle loads: see llama-model's runtime module
+        configure_runtime(pin_threads=True)  # before Paddle loads: see llama-model's runtime module
 
     quiet_third_party_warnings()  # Paddle loads after this point: `import llama_infer` does not
 
@@ -305,17 +308,24 @@ def _generate_all(gen, records: list[dict], batch_size: int, options: dict) -> l
     default=None,
     help="Tokenizer file or directory to ship in the export [default: the model directory's].",
 )
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="Plain Paddle operators only: programs any Paddle build serves, a GPU one included, "
+    "without llama-ops (slower on a CPU). By default a float32 export made on a CPU with llama-ops "
+    "installed runs each decoder layer as one llama-ops kernel, and serving it needs llama-ops.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
 @ALLOW_PICKLE
 @_user_errors
-def export(model_path, output, dtype, max_seq_len, tokenizer, overwrite, allow_pickle):
+def export(model_path, output, dtype, max_seq_len, tokenizer, portable, overwrite, allow_pickle):
     """Export a model's prefill and decode steps as Paddle inference programs.
 
     \b
     llama-infer export --model llama-dir --output llama-export --max-seq-len 512
     llama-infer --model llama-export --prompt "To be, or not to be"
     """
-    from llama_infer.export import export_model
+    from llama_infer.export import export_model, fused_layers_unavailable
     from llama_infer.generation import check_dtype
     from llama_infer.loading import load_model
 
@@ -329,12 +339,19 @@ def export(model_path, output, dtype, max_seq_len, tokenizer, overwrite, allow_p
         capacity=max_seq_len,
         tokenizer=tokenizer or loaded.directory,
         overwrite=overwrite,
+        portable=portable,
     )
     shipped = [f for f in os.listdir(output) if f.startswith(("tokenizer", "special_tokens"))]
+    if manifest["custom_ops"]:
+        kernels = "llama-ops' fused decoder layers (serving needs llama-ops; --portable for none)"
+    elif portable:
+        kernels = "plain Paddle operators (portable)"
+    else:
+        kernels = f"plain Paddle operators ({fused_layers_unavailable(manifest['dtype'])})"
     click.echo(
         f"exported {manifest['num_layers']}-layer model ({manifest['dtype']}, cache capacity "
         f"{manifest['capacity']} tokens) to {output}: programs "
-        f"{', '.join(p['program'] for p in manifest['programs'].values())}"
+        f"{', '.join(p['program'] for p in manifest['programs'].values())} with {kernels}"
         + (f"; tokenizer {', '.join(sorted(shipped))}" if shipped else "; no tokenizer files"),
         err=True,
     )

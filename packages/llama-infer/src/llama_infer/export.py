@@ -10,9 +10,20 @@ state between calls:
     outputs  logits [b, vocab] float32, then the updated key caches and value caches, same order
 
 The prefill program leaves s open and attends over the prompt's own keys (the cache is empty before
-it); the decode program fixes s = 1, which lets its attention skip a transpose. The batch is open in both. The programs use plain Paddle ops (``kernels.plain``), never
-llama-ops' custom kernels, so any Paddle build loads them. Both programs hold the same parameters;
-they are written once when the two saves agree byte for byte.
+it); the decode program fixes s = 1. The batch is open in both. Both programs hold the same
+parameters; they are written once when the two saves agree byte for byte.
+
+Two kinds of programs, named by the manifest's ``custom_ops``:
+
+* fused (the default for a float32 export on a CPU build with llama-ops' compiled kernels): each
+  decoder layer is one llama-ops operator (``kernels.fused_layers()``) over q|k|v and gate|up joined
+  into one weight each (the programs' parameters: the export holds no second copy), and the final
+  norm and head another. The operators write the caches they are given in place, so a predictor
+  bound to a generation's caches copies nothing per step (predictor.py). A decode step of config T
+  is 8 operators instead of about 370: per-operation overhead, which dominates a small model's
+  step, is mostly gone. Serving needs llama-ops; the predictor refuses in one line without it.
+* portable (``--portable``, and wherever the fused kernels cannot be used: a GPU build, bfloat16,
+  no llama-ops): plain Paddle operators (``kernels.plain``), loaded by any Paddle build.
 
 The export directory is assembled under a temporary name and renamed when complete.
 """
@@ -29,6 +40,7 @@ from llama_ckpt.atomic import atomic_output
 from llama_infer._paddle import paddle
 from llama_infer.errors import InferError
 from llama_infer.manifest import (
+    CUSTOM_OPS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -44,12 +56,19 @@ InputSpec = paddle.static.InputSpec
 class _Steps(paddle.nn.Layer):
     """The model and its rotary tables as one layer, so the programs capture all as parameters."""
 
-    def __init__(self, model: LlamaForCausalLM):
+    def __init__(self, model: LlamaForCausalLM, fused: bool):
         super().__init__()
         self.model = model
         weights = functional.ModelWeights(model, detach=False)
         self.register_buffer("rope_cos", weights.cos.astype(weights.dtype), persistable=True)
         self.register_buffer("rope_sin", weights.sin.astype(weights.dtype), persistable=True)
+        self.ops = kernels.fused_layers() if fused else kernels.plain
+        self.fused_layers = None
+        if fused:  # q|k|v and gate|up joined once, as the programs' parameters (the parts unused)
+            self.fused_layers = [functional.FusedLayerWeights.of(w) for w in weights.layers]
+            for i, layer in enumerate(self.fused_layers):
+                self.register_buffer(f"layer{i}_qkv", layer.qkv, persistable=True)
+                self.register_buffer(f"layer{i}_gate_up", layer.gate_up, persistable=True)
 
     def prefill(self, input_ids, positions, start, mask, key_caches, value_caches):
         return self._step(input_ids, positions, start, mask, key_caches, value_caches, fresh=True)
@@ -61,8 +80,10 @@ class _Steps(paddle.nn.Layer):
         weights = functional.ModelWeights(
             self.model, detach=False
         )  # the parameters, for the program
+        if self.fused_layers is not None:
+            weights.layers = self.fused_layers
         logits, keys, values = functional.forward(
-            weights, kernels.plain, self.rope_cos, self.rope_sin, input_ids, positions, start,
+            weights, self.ops, self.rope_cos, self.rope_sin, input_ids, positions, start,
             mask, key_caches, value_caches, fresh=fresh,
         )  # fmt: skip
         return [logits, *keys, *values]
@@ -83,11 +104,14 @@ def export_model(
     capacity: int | None = None,
     tokenizer: str | None = None,
     overwrite: bool = False,
+    portable: bool = False,
 ) -> dict:
     """Write the programs, config.json, the tokenizer files and the manifest to ``output``; returns
     the manifest. ``capacity``: cache slots (prompt + new tokens), by default the model's context.
     ``tokenizer``: a directory (its tokenizer files are copied), a ``.model`` or ``tokenizer.json``
-    file, or None."""
+    file, or None. ``portable``: plain Paddle operators only; otherwise, where
+    ``fused_layers_unavailable`` finds nothing against it, each decoder layer is one llama-ops
+    kernel and the final norm and head another (the manifest's ``custom_ops``)."""
     config = model.config
     context = config.max_position_embeddings
     capacity = context if capacity is None else int(capacity)
@@ -99,13 +123,14 @@ def export_model(
         raise InferError(f"{output} exists; remove it or pass --overwrite")
     tokenizer_files = _tokenizer_files(tokenizer)
     dtype = str(model.llama.embed_tokens.weight.dtype).replace("paddle.", "")
+    fused = not portable and fused_layers_unavailable(dtype) is None
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     # Published whole or not at all (llama-ckpt-tools' atomic output: a temporary directory beside
     # it, renamed at the end; an existing export is swapped out only then).
     with atomic_output(output, overwrite=True, directory=True) as tmp:
         model.eval()
-        steps = _Steps(model)
+        steps = _Steps(model, fused)
         steps.eval()
         programs = {}
         for name, seq in (("prefill", None), ("decode", 1)):
@@ -129,6 +154,7 @@ def export_model(
             "dtype": dtype,
             "capacity": capacity,
             "num_layers": config.num_hidden_layers,
+            "custom_ops": list(CUSTOM_OPS) if fused else [],
             "programs": programs,
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
@@ -138,6 +164,15 @@ def export_model(
             if leftover.endswith((".pdmodel.info", ".meta", ".info")):
                 os.unlink(os.path.join(tmp, leftover))
     return manifest
+
+
+def fused_layers_unavailable(dtype: str) -> str | None:
+    """None when the programs can use llama-ops' fused decoder layer here, else why not."""
+    if dtype != "float32":
+        return f"llama-ops' fused decoder layer is float32 only, the model is {dtype}"
+    if paddle.is_compiled_with_cuda():
+        return "llama-ops' fused decoder layer is a CPU kernel; this Paddle is a CUDA build"
+    return kernels.fused_layers_available()
 
 
 def _tokenizer_files(tokenizer: str | None) -> list[tuple[str, str]]:

@@ -20,8 +20,10 @@ from llama_infer.errors import InferError
 
 FORMAT = "llama-infer-export"
 # 2: the prefill program attends over the prompt only (mask [b,1,1,s,s]);
-# 3: the decode step's mask has the scores' shape [b, kv_heads, group, capacity]
-FORMAT_VERSION = 3
+# 3: the decode step's mask has the scores' shape [b, kv_heads, group, capacity];
+# 4: "custom_ops", the llama-ops operators the programs need (none in a portable export)
+FORMAT_VERSION = 4
+CUSTOM_OPS = ("fused_decoder_layer", "fused_norm_head")
 MANIFEST = "export.json"
 PROGRAMS = ("prefill", "decode")
 TOKENIZER_FILES = (

@@ -58,6 +58,24 @@ class LayerWeights:
         )  # fmt: skip
 
 
+class FusedLayerWeights:
+    """One decoder layer's tensors for a fused layer kernel: q|k|v and gate|up side by side
+    (``[hidden, (heads + 2 kv_heads) head_dim]`` and ``[hidden, 2 intermediate]``), one GEMM each."""
+
+    __slots__ = ("attn_norm", "down", "gate_up", "mlp_norm", "o", "qkv")
+
+    def __init__(self, attn_norm, qkv, o, mlp_norm, gate_up, down):
+        self.attn_norm, self.qkv, self.o = attn_norm, qkv, o
+        self.mlp_norm, self.gate_up, self.down = mlp_norm, gate_up, down
+
+    @classmethod
+    def of(cls, w: LayerWeights) -> FusedLayerWeights:
+        """From a layer's separate weights (the joined ones are new tensors: a copy)."""
+        qkv = paddle.concat([w.q, w.k, w.v], axis=1)
+        gate_up = paddle.concat([w.gate, w.up], axis=1)
+        return cls(w.attn_norm, qkv, w.o, w.mlp_norm, gate_up, w.down)
+
+
 class ModelWeights:
     """The tensors of a whole ``LlamaForCausalLM`` that :func:`forward` reads, looked up once
     (``Layer.__getattr__`` costs microseconds, and a decode step does dozens of lookups).
@@ -190,34 +208,50 @@ def forward(w: ModelWeights, ops, cos, sin, ids, positions, start, mask, keys, v
     capacity], additive, one row per query (the scores' own shape: a broadcasting add costs
     Paddle's CPU kernels 20-40x a plain one at decode sizes). ``ops``: rms_norm / apply_rope /
     swiglu / causal_attention (llama-model's ``kernels``, or ``kernels.plain`` for portable
-    programs).
+    programs); with ``decoder_layer`` and ``norm_head`` too (``kernels.fused_layers()``), each
+    layer is that one kernel over ``FusedLayerWeights``, the final norm and head another, and a
+    prefill needs its ``mask``.
     """
     heads, eps = w.heads, w.eps
     b, s = _size(ids, 0), _size(ids, 1)
     x = F.embedding(ids, w.embed).reshape([-1, w.hidden])
-    if fresh and mask is None:  # positions 0..s-1 in every row: the tables' first rows
-        cos, sin = cos[:s], sin[:s]
-    else:
-        cos = paddle.gather(cos, positions)  # [b*s, head_dim]: each token's own angle
-        sin = paddle.gather(sin, positions)
-    if fresh and mask is not None:  # [b, 1, 1, s, s] -> the scores' [b, kv_heads, group, s, s]
-        # once for all layers: Paddle's CPU add broadcasting middle axes is 20-40x slower
-        mask = mask.expand([-1, heads.num_kv_heads, heads.group, -1, -1])
+    fused = getattr(ops, "decoder_layer", None)  # a whole layer in one kernel (FusedLayerWeights)
+    if fused is None:
+        cos, sin, mask = _per_token(cos, sin, positions, mask, heads, s, fresh)
     for i, layer in enumerate(w.layers):
-        # a prefill's new cache replaces the empty one at once: one layer's extra at the peak
-        x, keys[i], values[i] = decoder_layer(
-            x, layer, heads, ops, eps, cos, sin, b, s, (keys[i], values[i], start, mask, fresh)
-        )
+        if fused is not None:  # it reads the rotary tables at the positions itself
+            x, keys[i], values[i] = fused(
+                x, layer, heads, eps, cos, sin, positions, mask, start, keys[i], values[i]
+            )
+        else:  # a prefill's new cache replaces the empty one at once: one layer's extra at the peak
+            x, keys[i], values[i] = decoder_layer(
+                x, layer, heads, ops, eps, cos, sin, b, s, (keys[i], values[i], start, mask, fresh)
+            )
     if not _one(s):  # the last token of each row
         x = x.reshape([-1 if isinstance(s, int) else b, s, w.hidden])[:, -1]
-    x = ops.rms_norm(x, w.norm, eps)
-    if w.head is None:
-        logits = paddle.matmul(x, w.embed, transpose_y=True)
+    norm_head = getattr(ops, "norm_head", None)  # the final norm and the head in one kernel
+    if norm_head is not None:
+        tied = w.head is None
+        logits = norm_head(x, w.norm, w.embed if tied else w.head, eps, transposed_weight=tied)
+    elif w.head is None:
+        logits = paddle.matmul(ops.rms_norm(x, w.norm, eps), w.embed, transpose_y=True)
     else:
-        logits = paddle.matmul(x, w.head)
+        logits = paddle.matmul(ops.rms_norm(x, w.norm, eps), w.head)
     if logits.dtype != paddle.float32:
         logits = logits.astype("float32")
     return logits, keys, values
+
+
+def _per_token(cos, sin, positions, mask, heads: Heads, s, fresh: bool):
+    """The rotary rows of the new tokens and the mask as the composed layers take them."""
+    if fresh and mask is None:  # positions 0..s-1 in every row: the tables' first rows
+        return cos[:s], sin[:s], None
+    cos = paddle.gather(cos, positions)  # [b*s, head_dim]: each token's own angle
+    sin = paddle.gather(sin, positions)
+    if fresh:  # [b, 1, 1, s, s] -> the scores' [b, kv_heads, group, s, s], once for all layers:
+        # Paddle's CPU add broadcasting middle axes is 20-40x slower
+        mask = mask.expand([-1, heads.num_kv_heads, heads.group, -1, -1])
+    return cos, sin, mask
 
 
 def _size(x, axis: int):

@@ -129,6 +129,41 @@ def for_inference(dtype, on_cpu: bool) -> SimpleNamespace:
     return ops
 
 
+def fused_layers_available() -> str | None:
+    """None when ``fused_layers()`` can be used here, else why not."""
+    if _ops is None:
+        return "llama-ops is not installed"
+    if not _ops.backend().startswith("fused (cpu") or not hasattr(_ops.fused, "decoder_layer"):
+        return f"llama-ops {_ops.__version__} has no compiled decoder layer ({_ops.backend()})"
+    return None
+
+
+def fused_layers() -> SimpleNamespace:
+    """The plain primitives plus ``decoder_layer``: a whole decoder layer over the new tokens of a
+    KV-cache step in one llama-ops kernel (CPU, float32, forward only) over
+    ``functional.FusedLayerWeights``, for :func:`functional.forward`; the rotary tables whole, read
+    at ``positions`` in the kernel; and ``norm_head``, the final RMSNorm and the LM head in one. An inference program of a
+    small model spends most of a step on per-operation overhead; one kernel per layer is ~25 fewer
+    operations. Raises RuntimeError where ``fused_layers_available()`` says why not."""
+    why = fused_layers_available()
+    if why is not None:
+        raise RuntimeError(f"no fused decoder layer: {why}")
+
+    def decoder_layer(x, w, heads, eps, cos, sin, positions, mask, start, keys, values):
+        if isinstance(start, int):
+            start = paddle.to_tensor([start], dtype="int64", place=paddle.CPUPlace())
+        return _ops.fused.decoder_layer(
+            x, w.attn_norm, w.qkv, w.o, w.mlp_norm, w.gate_up, w.down, cos, sin, positions, mask,
+            start, keys, values, eps=eps, num_heads=heads.num_heads,
+            num_kv_heads=heads.num_kv_heads,
+        )  # fmt: skip
+
+    def norm_head(x, norm, weight, eps, transposed_weight):
+        return _ops.fused.norm_head(x, norm, weight, eps=eps, transposed_weight=transposed_weight)
+
+    return SimpleNamespace(**vars(plain), decoder_layer=decoder_layer, norm_head=norm_head)
+
+
 def causal_attention(q, k, v):
     """softmax(q kᵀ/√d + causal mask) v with grouped-query heads; q: [b, s, nq, d], k/v: [b, s, nk, d].
 
@@ -176,6 +211,8 @@ __all__ = [
     "backend",
     "causal_attention",
     "for_inference",
+    "fused_layers",
+    "fused_layers_available",
     "no_strided_views",
     "plain",
     "reset_usage",

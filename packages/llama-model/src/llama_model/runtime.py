@@ -1,7 +1,7 @@
 """``configure_runtime()``: the process-wide settings that make Paddle fast on a CPU, applied only when
 an application asks (importing a package never changes the environment or the allocator).
 
-Three settings, each measured on the 2-core development VM:
+Four settings, each measured on the 2-core development VM:
 
 * ``MKL_DEBUG_CPU_TYPE=5``, on an AMD CPU with AVX2 only: Paddle's CPU wheel links an old Intel MKL
   (libmklml) that, on AMD processors, runs matrix multiplies on a generic SSE path 2-3x slower than
@@ -16,6 +16,14 @@ Three settings, each measured on the 2-core development VM:
   memory-bound op ran 4x slower (x * 1.0 on 16.8 MB: 14.5 ms, 3.3 ms from reused memory) and config
   T's step took 1.05-1.11 s instead of 0.84 s. The cost: the process keeps its peak memory until it
   exits, as a training job does anyway. CPU builds only; any time before the big allocations.
+
+* ``KMP_AFFINITY=granularity=fine,compact,1,0``, asked for with ``pin_threads=True`` (llama-infer,
+  a process that owns its cores): Intel's OpenMP, which runs Paddle's MKL, pins one thread per
+  physical core. Unpinned, config T's exported decode step alternated between 0.70 and 1.0 ms from
+  run to run as the scheduler moved the threads; pinned, 0.70 ms every run. Never for training:
+  the ranks of a job share a machine, and each would pin its threads to the same first cores.
+  Intel's OpenMP keeps its threads inside the process's affinity mask (``taskset``), so processes
+  given their own cores stay apart. Also read when Paddle loads its OpenMP.
 
 A user's own setting always stands: a variable already set is left alone, and the allocator is not
 touched when ``MALLOC_*`` is set, a malloc is ``LD_PRELOAD``ed, or ``LLAMA_MODEL_MALLOC_TUNING=0``.
@@ -52,8 +60,9 @@ class RuntimeReport:
 _MALLOC_DONE = False
 
 
-def configure_runtime() -> RuntimeReport:
-    """Apply the settings above that this machine and environment call for; see the module doc."""
+def configure_runtime(pin_threads: bool = False) -> RuntimeReport:
+    """Apply the settings above that this machine and environment call for; see the module doc.
+    ``pin_threads``: pin Paddle's math threads to cores (a process that owns the machine's cores)."""
     global _MALLOC_DONE
     report = RuntimeReport()
     loaded = "paddle" in sys.modules
@@ -62,6 +71,8 @@ def configure_runtime() -> RuntimeReport:
         wanted["MKL_DEBUG_CPU_TYPE"] = "5"
     if "GOMP_SPINCOUNT" not in os.environ and fused_kernels_coming():
         wanted["GOMP_SPINCOUNT"] = "0"
+    if pin_threads and "KMP_AFFINITY" not in os.environ and not _cuda_build():
+        wanted["KMP_AFFINITY"] = "granularity=fine,compact,1,0"
     for name, value in wanted.items():
         if loaded:
             report.too_late.append(f"{name}={value}")

@@ -25,6 +25,8 @@ OPS = (
     "fused_swiglu",
     "fused_swiglu_packed",
     "fused_causal_softmax",
+    "fused_decoder_layer",
+    "fused_norm_head",
 )
 
 
@@ -77,3 +79,16 @@ if not LIB.loaded and not LIB.reason.startswith(DISABLE_ENV):
     warnings.warn(
         f"llama-ops uses its pure-Paddle fallback: {LIB.reason}", RuntimeWarning, stacklevel=2
     )
+
+
+def gemm_backend() -> str:
+    """The GEMM of the inference kernels (fused_decoder_layer, fused_norm_head) in this process so
+    far: "mkl" (the cblas_sgemm of the MKL Paddle loaded), "paddle" (Paddle's matmul: no MKL, or
+    LLAMA_OPS_BLAS=paddle), "unresolved" before their first call, or "none" without the library."""
+    if not LIB.loaded:
+        return "none"
+    import ctypes
+
+    fn = ctypes.CDLL(str(LIBRARY)).llama_ops_gemm_backend
+    fn.restype = ctypes.c_char_p
+    return fn().decode()

@@ -40,3 +40,31 @@ def swiglu(gate, up=None):
 def causal_softmax(scores, scale: float):
     _require()
     return _run("fused_causal_softmax", scores, float(scale))[0]
+
+
+def decoder_layer(
+    x, attn_norm, w_qkv, w_o, mlp_norm, w_gate_up, w_down, cos, sin, positions, mask, start,
+    key_cache, value_cache, *, eps: float, num_heads: int, num_kv_heads: int,
+):  # fmt: skip
+    """One LLaMA decoder layer over the new tokens of a KV-cache step (inference: CPU, float32,
+    no gradient); returns ``(x, key_cache, value_cache)``, the caches written in place.
+
+    ``x`` [b*s, hidden]; weights [in, out], ``w_qkv`` = q|k|v and ``w_gate_up`` = gate|up side by
+    side; ``cos``/``sin`` the rotary tables [max_positions, head_dim], read at ``positions``
+    [b*s] int64; ``mask`` additive,
+    [b, 1, 1, s, s] for a prefill or [b, kv_heads, group*s, capacity] for a step; ``start`` an int64
+    tensor [1], the cache slot of the first new token; caches [b, kv_heads, capacity, head_dim]."""
+    _require()
+    out, keys, values = _run(
+        "fused_decoder_layer", x, attn_norm, w_qkv, w_o, mlp_norm, w_gate_up, w_down, cos, sin,
+        positions, mask, start, key_cache, value_cache, float(eps), int(num_heads), int(num_kv_heads),
+    )  # fmt: skip
+    return out, keys, values
+
+
+def norm_head(x, norm, weight, *, eps: float, transposed_weight: bool = False):
+    """``rms_norm(x, norm) @ weight`` in one call (inference: CPU, float32): the logits [b, vocab]
+    float32 of the last hidden states ``x`` [b, hidden]; ``weight`` the LM head [hidden, vocab], or
+    with ``transposed_weight`` a tied embedding [vocab, hidden]."""
+    _require()
+    return _run("fused_norm_head", x, norm, weight, float(eps), bool(transposed_weight))[0]
