@@ -76,6 +76,26 @@ def test_static_steps_give_dygraph_logits(exports, name, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_generations_taking_turns_keep_their_own_state(exports, kind):
+    """Two generations stepped in turns on one decoder (two streams served together): each sees
+    the slots it opened, as in dygraph. A fused export's decoder binds the predictor to one
+    generation at a time and keeps each one's mask with it."""
+    model, _, export_dir = exports["gqa", kind]
+    dygraph, static = CachedDecoder(model), StaticDecoder(export_dir, threads=1)
+    runs = []
+    for seed, lengths in ((3, (5, 2)), (4, (7, 7, 3))):
+        batch, pads = _batch(padded_prompts(seed, lengths))
+        runs.append([*dygraph.prefill(batch, pads, 30), *static.prefill(batch, pads, 30)])
+    rng = np.random.default_rng(2)
+    for turn in range(8):
+        d_state, d_logits, s_state, s_logits = runs[turn % 2]
+        np.testing.assert_allclose(s_logits, d_logits, rtol=1e-4, atol=1e-5)
+        tokens = rng.integers(0, 256, len(s_logits))
+        runs[turn % 2][1] = dygraph.step(d_state, tokens)
+        runs[turn % 2][3] = static.step(s_state, tokens)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["mha", "gqa"])
 def test_static_generation_matches_dygraph(exports, name, kind):
     _, model_dir, export_dir = exports[name, kind]
@@ -246,7 +266,7 @@ def test_a_fused_export_needs_llama_ops_and_says_so(byte_export, tmp_path):
         assert read_manifest(export_dir)["custom_ops"] == []
         result = cli("export", "--model", model_dir, "--output", str(tmp_path / "again"))
         assert result.returncode == 0, result.stderr
-        assert "with plain Paddle operators (llama-ops is not installed)" in result.stderr
+        assert "with plain Paddle operators (llama-ops is " in result.stderr  # not installed or off
         return
     run = ["--model", export_dir, "--tokenizer", "byte", "--prompt", "To be", "--threads", "1"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 
@@ -25,11 +26,10 @@ inline SgemmFn lookup_sgemm() {
   // LLAMA_OPS_BLAS=paddle: always Paddle's matmul (to compare the two, or to rule MKL out).
   if (const char* choice = std::getenv("LLAMA_OPS_BLAS"); choice && std::strcmp(choice, "paddle") == 0)
     return nullptr;
-  for (const char* name : {"libmklml_intel.so", "libmkl_rt.so"}) {
-    // Only a library the process holds already: RTLD_NOLOAD never loads a second BLAS.
-    if (void* lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
-      if (void* sym = dlsym(lib, "cblas_sgemm")) return reinterpret_cast<SgemmFn>(sym);
-    }
+  // Only the library the process holds already (RTLD_NOLOAD never loads a second BLAS), and only
+  // MKL's LP64 build, whose ints are the 32-bit ones declared above (libmkl_rt may be ILP64).
+  if (void* lib = dlopen("libmklml_intel.so", RTLD_NOW | RTLD_NOLOAD)) {
+    if (void* sym = dlsym(lib, "cblas_sgemm")) return reinterpret_cast<SgemmFn>(sym);
   }
   return nullptr;
 }
@@ -52,27 +52,47 @@ inline SgemmFn find_sgemm() {
   if (fn != nullptr || state.lookups.load(std::memory_order_relaxed) >= 2) return fn;
   state.lookups.fetch_add(1, std::memory_order_relaxed);
   fn = lookup_sgemm();
-  state.found.store(fn, std::memory_order_release);
+  if (fn != nullptr) state.found.store(fn, std::memory_order_release);  // never unset a find
   return fn;
 }
 
-// C = A B or A Bᵀ, all dense row-major.
-inline void sgemm(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n,
-                  bool b_transposed) {
+// C = A B or A Bᵀ, row-major with leading dimensions (A [m, k] rows lda apart; B [k, n], or [n, k]
+// transposed, rows ldb apart; C [m, n] rows ldc apart).
+inline void sgemm(const float* a, int64_t lda, const float* b, int64_t ldb, bool b_transposed,
+                  float* c, int64_t ldc, int64_t m, int64_t k, int64_t n) {
   if (const SgemmFn fn = find_sgemm()) {
     constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
     fn(kRowMajor, kNoTrans, b_transposed ? kTrans : kNoTrans, static_cast<int>(m),
-       static_cast<int>(n), static_cast<int>(k), 1.f, a, static_cast<int>(k), b,
-       static_cast<int>(b_transposed ? k : n), 0.f, c, static_cast<int>(n));
+       static_cast<int>(n), static_cast<int>(k), 1.f, a, static_cast<int>(lda), b,
+       static_cast<int>(ldb), 0.f, c, static_cast<int>(ldc));
     return;
+  }
+  // Paddle's matmul takes dense tensors: rows are gathered into dense copies where they are apart.
+  const int64_t b_rows = b_transposed ? n : k, b_cols = b_transposed ? k : n;
+  std::vector<float> a_dense, b_dense;
+  if (lda != k) {
+    a_dense.resize(m * k);
+    for (int64_t r = 0; r < m; ++r) std::memcpy(&a_dense[r * k], a + r * lda, sizeof(float) * k);
+    a = a_dense.data();
+  }
+  if (ldb != b_cols) {
+    b_dense.resize(b_rows * b_cols);
+    for (int64_t r = 0; r < b_rows; ++r)
+      std::memcpy(&b_dense[r * b_cols], b + r * ldb, sizeof(float) * b_cols);
+    b = b_dense.data();
   }
   const auto f32 = paddle::DataType::FLOAT32;
   auto at = paddle::from_blob(const_cast<float*>(a), {m, k}, f32);
-  auto bt = paddle::from_blob(const_cast<float*>(b), b_transposed ? std::vector<int64_t>{n, k}
-                                                                  : std::vector<int64_t>{k, n},
-                              f32);
+  auto bt = paddle::from_blob(const_cast<float*>(b), {b_rows, b_cols}, f32);
   auto ct = paddle::experimental::matmul(at, bt, false, b_transposed);
-  std::memcpy(c, ct.data<float>(), sizeof(float) * m * n);
+  for (int64_t r = 0; r < m; ++r)
+    std::memcpy(c + r * ldc, ct.data<float>() + r * n, sizeof(float) * n);
+}
+
+// Dense operands.
+inline void sgemm(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n,
+                  bool b_transposed) {
+  sgemm(a, k, b, b_transposed ? k : n, b_transposed, c, n, m, k, n);
 }
 
 }  // namespace llama_ops

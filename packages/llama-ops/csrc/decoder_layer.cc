@@ -47,18 +47,12 @@ MaskIndex mask_index(const std::vector<int64_t>& m, const Shape& sh) {
   return {sh.nk * sh.group() * sh.s * query, sh.group() * sh.s * query, sh.s * query, query};
 }
 
-// One query against slots 0..seen-1 of one key/value head: out = softmax(q K^T * scale + mask) V.
-LLAMA_OPS_CPU_CLONES void attend(const float* __restrict q, const float* __restrict keys,
-                                 const float* __restrict values, const float* __restrict mask,
-                                 int64_t seen, int64_t d, float scale, float* __restrict scores,
-                                 float* __restrict out) {
+// In place: raw dot products -> softmax(raw * scale + mask) over slots 0..seen-1.
+LLAMA_OPS_CPU_CLONES void softmax_row(float* __restrict scores, const float* __restrict mask,
+                                      int64_t seen, float scale) {
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < seen; ++j) {
-    const float* k = keys + j * d;
-    float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t e = 0; e < d; ++e) dot += q[e] * k[e];
-    scores[j] = dot * scale + mask[j];
+    scores[j] = scores[j] * scale + mask[j];
     top = scores[j] > top ? scores[j] : top;
   }
   float total = 0.f;
@@ -68,9 +62,27 @@ LLAMA_OPS_CPU_CLONES void attend(const float* __restrict q, const float* __restr
     total += scores[j];
   }
   const float inv = 1.f / total;
+#pragma omp simd
+  for (int64_t j = 0; j < seen; ++j) scores[j] *= inv;
+}
+
+// One query against slots 0..seen-1 of one key/value head: out = softmax(q K^T * scale + mask) V.
+// A step's few dot products, where a GEMM call would cost more than the arithmetic.
+LLAMA_OPS_CPU_CLONES void attend(const float* __restrict q, const float* __restrict keys,
+                                 const float* __restrict values, const float* __restrict mask,
+                                 int64_t seen, int64_t d, float scale, float* __restrict scores,
+                                 float* __restrict out) {
+  for (int64_t j = 0; j < seen; ++j) {
+    const float* k = keys + j * d;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t e = 0; e < d; ++e) dot += q[e] * k[e];
+    scores[j] = dot;
+  }
+  softmax_row(scores, mask, seen, scale);
   for (int64_t e = 0; e < d; ++e) out[e] = 0.f;
   for (int64_t j = 0; j < seen; ++j) {
-    const float p = scores[j] * inv;
+    const float p = scores[j];
     const float* v = values + j * d;
 #pragma omp simd
     for (int64_t e = 0; e < d; ++e) out[e] += p * v[e];
@@ -93,6 +105,11 @@ std::vector<paddle::Tensor> DecoderLayerForward(
     paddle::Tensor& key_cache,
     paddle::Tensor& value_cache, float eps, int num_heads, int num_kv_heads) {
   PD_CHECK(key_cache.shape().size() == 4, "fused_decoder_layer: caches are [b, kv_heads, capacity, d]");
+  PD_CHECK(x.shape().size() == 2 && w_down.shape().size() == 2,
+           "fused_decoder_layer: x must be [b * s, hidden] and the weights 2-D");
+  PD_CHECK(num_heads > 0 && num_kv_heads > 0 && x.shape()[1] > 0,
+           "fused_decoder_layer: head counts and hidden size must be positive");
+  PD_CHECK(key_cache.shape()[3] % 2 == 0, "fused_decoder_layer: head_dim must be even");
   PD_CHECK(start_t.is_cpu() && start_t.dtype() == paddle::DataType::INT64 && start_t.numel() == 1,
            "fused_decoder_layer: start must be one int64 on the CPU");
   const auto& cs = key_cache.shape();
@@ -116,7 +133,7 @@ std::vector<paddle::Tensor> DecoderLayerForward(
   check(cos, cos.shape(), "cos");
   check(sin, cos.shape(), "sin");
   PD_CHECK(positions.is_cpu() && positions.dtype() == paddle::DataType::INT64 &&
-               positions.numel() == tokens,
+               positions.numel() == tokens && positions.is_contiguous(),
            "fused_decoder_layer: positions must be b * s int64 on the CPU");
   const int64_t* pos = positions.data<int64_t>();
   for (int64_t t = 0; t < tokens; ++t)
@@ -128,10 +145,11 @@ std::vector<paddle::Tensor> DecoderLayerForward(
            "fused_decoder_layer: mask must be a contiguous float32 CPU tensor");
   const MaskIndex mi = mask_index(mask.shape(), sh);
 
-  // Scratch for the activations, reused from call to call (a step's few kilobytes).
+  // Scratch for the activations, reused from call to call (a step's few kilobytes; a prefill's
+  // is released after it, below). A prefill's attention adds one head's [s, start + s] scores.
   thread_local std::vector<float> scratch;
-  const int64_t qkv_n = sh.qkv(), attn_n = sh.nq * d, inter = sh.inter;
-  scratch.resize(tokens * (H + qkv_n + 2 * attn_n + H + 3 * inter + H) + sh.start + sh.s);
+  const int64_t qkv_n = sh.qkv(), attn_n = sh.nq * d, inter = sh.inter, seen = sh.start + sh.s;
+  scratch.resize(tokens * (H + qkv_n + 2 * attn_n + H + 3 * inter + H) + sh.s * seen);
   float* h = scratch.data();
   float* qkv = h + tokens * H;
   float* q = qkv + tokens * qkv_n;
@@ -163,20 +181,34 @@ std::vector<paddle::Tensor> DecoderLayerForward(
       std::memcpy(vc + at, row + (sh.nq + sh.nk + hk) * d, d * sizeof(float));
     }
   }
-  // Serial: the GEMMs run on the BLAS threads, which spin between calls; a parallel region of this
+  // A step (s = 1): each head's dot products in a loop. Several new tokens (a prefill): each head's
+  // scores and weighted values as two GEMMs, the causal softmax between them. Serial outside the
+  // GEMMs: they run on the BLAS threads, which spin between calls; a parallel region of this
   // library's OpenMP runtime would fight them for the cores (measured: 6x slower at batch 8).
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   const int64_t g = sh.group();
+  const float* mp = mask.data<float>();
   for (int64_t r = 0; r < sh.b; ++r)
     for (int64_t hk = 0; hk < sh.nk; ++hk) {
       const float* keys = kc + (r * sh.nk + hk) * sh.capacity * d;
       const float* values = vc + (r * sh.nk + hk) * sh.capacity * d;
-      for (int64_t m = 0; m < g; ++m)
-        for (int64_t i = 0; i < sh.s; ++i) {
-          const int64_t t = r * sh.s + i, head = hk * g + m;
-          attend(q + (t * sh.nq + head) * d, keys, values, mask.data<float>() + mi.at(r, hk, m, i),
-                 sh.start + i + 1, d, scale, scores, attn + (t * sh.nq + head) * d);
+      for (int64_t m = 0; m < g; ++m) {
+        const int64_t head = hk * g + m;
+        float* q_h = q + (r * sh.s * sh.nq + head) * d;  // query i at q_h + i * attn_n
+        float* out_h = attn + (r * sh.s * sh.nq + head) * d;
+        if (sh.s == 1) {
+          attend(q_h, keys, values, mp + mi.at(r, hk, m, 0), seen, d, scale, scores, out_h);
+          continue;
         }
+        sgemm(q_h, attn_n, keys, d, true, scores, seen, sh.s, d, seen);  // [s, seen]
+        for (int64_t i = 0; i < sh.s; ++i) {
+          float* row = scores + i * seen;
+          const int64_t visible = sh.start + i + 1;  // causal: later slots get probability 0
+          softmax_row(row, mp + mi.at(r, hk, m, i), visible, scale);
+          for (int64_t j = visible; j < seen; ++j) row[j] = 0.f;
+        }
+        sgemm(scores, seen, values, d, false, out_h, attn_n, sh.s, seen, d);  // [s, d]
+      }
     }
   sgemm(attn, w_o.data<float>(), proj, tokens, attn_n, H, false);
   for (int64_t e = 0; e < tokens * H; ++e) op[e] = xp[e] + proj[e];
@@ -190,6 +222,7 @@ std::vector<paddle::Tensor> DecoderLayerForward(
                       inter);
   sgemm(act, w_down.data<float>(), proj, tokens, inter, H, false);
   for (int64_t e = 0; e < tokens * H; ++e) op[e] += proj[e];
+  if (scratch.size() > (size_t{1} << 22)) std::vector<float>().swap(scratch);  // over 16 MB
   return {out};
 }
 
@@ -239,7 +272,7 @@ std::vector<std::vector<int64_t>> DecoderLayerInferShape(
     const std::vector<int64_t>& mask,
     const std::vector<int64_t>& start, const std::vector<int64_t>& key_cache,
     const std::vector<int64_t>& value_cache) {
-  return {x, key_cache, value_cache};
+  return {x};  // the caches are in-place outputs: Paddle takes their shapes from the inputs
 }
 
 std::vector<paddle::DataType> DecoderLayerInferDtype(
@@ -250,7 +283,7 @@ std::vector<paddle::DataType> DecoderLayerInferDtype(
     const paddle::DataType& mask,
     const paddle::DataType& start, const paddle::DataType& key_cache,
     const paddle::DataType& value_cache) {
-  return {x, key_cache, value_cache};
+  return {x};
 }
 
 }  // namespace llama_ops

@@ -19,7 +19,8 @@ Two kinds of programs, named by the manifest's ``custom_ops``:
   decoder layer is one llama-ops operator (``kernels.fused_layers()``) over q|k|v and gate|up joined
   into one weight each (the programs' parameters: the export holds no second copy), and the final
   norm and head another. The operators write the caches they are given in place, so a predictor
-  bound to a generation's caches copies nothing per step (predictor.py). A decode step of config T
+  bound to a generation's caches copies in only a step's tokens, positions, slot and mask
+  (predictor.py). A decode step of config T
   is 8 operators instead of about 370: per-operation overhead, which dominates a small model's
   step, is mostly gone. Serving needs llama-ops; the predictor refuses in one line without it.
 * portable (``--portable``, and wherever the fused kernels cannot be used: a GPU build, bfloat16,
@@ -65,7 +66,8 @@ class _Steps(paddle.nn.Layer):
         self.ops = kernels.fused_layers() if fused else kernels.plain
         self.fused_layers = None
         if fused:  # q|k|v and gate|up joined once, as the programs' parameters (the parts unused)
-            self.fused_layers = [functional.FusedLayerWeights.of(w) for w in weights.layers]
+            with paddle.no_grad():  # plain tensors, no autograd history
+                self.fused_layers = [functional.FusedLayerWeights.of(w) for w in weights.layers]
             for i, layer in enumerate(self.fused_layers):
                 self.register_buffer(f"layer{i}_qkv", layer.qkv, persistable=True)
                 self.register_buffer(f"layer{i}_gate_up", layer.gate_up, persistable=True)

@@ -1,9 +1,11 @@
 """Generation from an export directory through Paddle's inference engine (``paddle.inference``).
 
 ``StaticDecoder`` has the interface of the dygraph ``CachedDecoder`` (slots.py keeps the masks and
-positions of both), but its steps are the exported prefill and decode programs: each call hands the
-caches in and takes the updated caches out, as paddle tensors, so nothing goes through numpy but
-the logits. Nothing here imports llama-model.
+positions of both), but its steps are the exported prefill and decode programs. A portable export's
+programs take the caches in and hand updated ones out, as paddle tensors, at each call. A fused
+export's programs write the caches they are given in place: the decode predictor is bound to a
+generation's caches once, and a step copies in only its tokens, positions, slot and mask. Nothing
+here imports llama-model; llama-ops is imported only for a fused export.
 """
 
 from __future__ import annotations
@@ -96,17 +98,21 @@ class _BoundStep:
         self.ids, self.positions, self.start, self.mask = handles[:4]
         for handle, cache in zip(handles[4:], [*state.keys, *state.values], strict=True):
             handle.share_external_data(cache)
-        self.host_mask = state.mask.numpy()  # a column opened per step, copied in whole
+        # The mask lives on the host with the state (a column opened per step, copied in whole), so
+        # a generation bound again after another one's steps keeps the slots it opened.
+        if getattr(state, "host_mask", None) is None:
+            state.host_mask = state.mask.numpy()
         self.logits = program.get_output_handle(program.get_output_names()[0])
         self.state = state
         self._slot = np.zeros(1, np.int64)
 
     def feed(self, ids: np.ndarray, positions: np.ndarray, slot: int) -> None:
         self._slot[0] = slot
+        self.state.host_mask[:, :, :, slot] = 0.0
         self.ids.copy_from_cpu(ids)
         self.positions.copy_from_cpu(positions)
         self.start.copy_from_cpu(self._slot)
-        self.mask.copy_from_cpu(self.host_mask)
+        self.mask.copy_from_cpu(self.state.host_mask)
 
 
 class StaticDecoder(SlotDecoder):
@@ -155,7 +161,6 @@ class StaticDecoder(SlotDecoder):
         if self._bound is None or self._bound.state is not state:
             self._bound = _BoundStep(self.decode_program, state)
         bound = self._bound
-        bound.host_mask[:, :, :, slot] = 0.0
         bound.feed(
             tokens.reshape(-1, 1).astype(np.int64), (slot - state.pads).astype(np.int64), slot
         )
@@ -168,9 +173,13 @@ class StaticDecoder(SlotDecoder):
     ) -> np.ndarray:
         program = self.prefill_program if fresh else self.decode_program
         start = paddle.to_tensor([start], dtype="int64")
+        if fresh:
+            self._bound = None  # the last generation's caches are not held through this one
         outputs = program.run([ids, positions, start, mask, *state.keys, *state.values])
-        if self.in_place:  # the programs wrote the caches they were given
-            return outputs[0].numpy()
+        if self.in_place and outputs[1].data_ptr() == state.keys[0].data_ptr():
+            return outputs[0].numpy()  # the programs wrote the caches they were given
+        if self.in_place:  # a Paddle that copies what it is fed: take the caches it hands out
+            self.in_place = False
         layers = self.num_layers
         state.keys = outputs[1 : 1 + layers]
         state.values = outputs[1 + layers :]

@@ -8,7 +8,8 @@ mask that hides left padding and slots not yet written, so a batch of prompts of
 decodes together; the prefill attends over the prompt's own keys only (the rest of the cache is
 still empty). The step's mask has the attention scores' own shape, ``[b, kv_heads, group,
 capacity]`` (the same row for every head), because Paddle's CPU add is 20-40x slower when it
-broadcasts; it is updated in place, one slot per step. Row i, left-padded by ``pad[i]``, gives its
+broadcasts; it is updated in place, one slot per step (a fused export's decoder keeps a host copy
+on the state, ``host_mask``, and updates that). Row i, left-padded by ``pad[i]``, gives its
 token in slot t the position ``t - pad[i]``, as Hugging Face derives ``position_ids`` from the
 attention mask.
 
@@ -35,6 +36,7 @@ class DecodeState:
         self.next_slot = next_slot
         self.ids = None  # [b, 1] and [b] int64 tensors refilled at each step
         self.positions = None
+        self.host_mask = None  # numpy copy of mask, for decoders that feed it from the host
 
     @property
     def max_len(self) -> int:

@@ -132,6 +132,8 @@ def for_inference(dtype, on_cpu: bool) -> SimpleNamespace:
 def fused_layers_available() -> str | None:
     """None when ``fused_layers()`` can be used here, else why not."""
     if _ops is None:
+        if os.environ.get("LLAMA_MODEL_NO_OPS"):
+            return "llama-ops is switched off (LLAMA_MODEL_NO_OPS)"
         return "llama-ops is not installed"
     if not _ops.backend().startswith("fused (cpu") or not hasattr(_ops.fused, "decoder_layer"):
         return f"llama-ops {_ops.__version__} has no compiled decoder layer ({_ops.backend()})"
