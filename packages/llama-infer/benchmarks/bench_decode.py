@@ -189,8 +189,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         dirs = make_models(root)
-        with open(os.path.join(dirs["kv8"]["static"], "export.json")) as fh:
-            ops = json.load(fh)["custom_ops"]
+        from llama_infer.manifest import read_manifest
+
+        ops = read_manifest(dirs["kv8"]["static"])["custom_ops"]
         kernels = f"llama-ops' {', '.join(ops)}" if ops else "plain Paddle operators (no llama-ops)"
         for name, cell in dirs.items():
             for batch in (int(b) for b in args.batches.split(",")):

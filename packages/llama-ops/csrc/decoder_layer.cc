@@ -6,11 +6,13 @@
 //
 // x is [b * s, hidden] (s new tokens per row, the first at cache slot `start`); the weights are
 // [in, out] with q|k|v and gate|up side by side (one GEMM each); cos/sin are the rotary tables
-// [max_positions, head_dim], read at each token's position (positions [b * s] int64); the caches [b, kv_heads, capacity, head_dim] are written in place. Query i of a row sees
-// slots 0..start+i with the additive mask added to its scores: [b, 1, 1, s, s] (a prefill, start
-// 0) or [b, kv_heads, group * s, capacity] (a step), the layouts of llama-model's functional.forward,
-// which this op computes in one call instead of ~25 Paddle operations: what a decode step of a small
-// model costs is mostly per-operation overhead, in an inference program even more than in dygraph.
+// [max_positions, head_dim], read at each token's position (positions [b * s] int64); the caches
+// [b, kv_heads, capacity, head_dim] are written in place. Query i of a row sees slots 0..start+i
+// with the additive mask added to its scores: [b, 1, 1, s, s] (a prefill, start 0) or
+// [b, kv_heads, group * s, capacity] (a step), the layouts of llama-model's functional.forward,
+// which this op computes in one call instead of ~25 Paddle operations: what a decode step of a
+// small model costs is mostly per-operation overhead, in an inference program even more than in
+// dygraph.
 #include <limits>
 
 #include "blas.h"
@@ -89,6 +91,12 @@ LLAMA_OPS_CPU_CLONES void attend(const float* __restrict q, const float* __restr
   }
 }
 
+// RMSNorm of `rows` rows of h values (the inverse RMS the training op keeps is not needed here).
+void rms_norm_rows(const float* x, const float* w, float* out, int64_t rows, int64_t h, float eps) {
+  float unused;
+  for (int64_t t = 0; t < rows; ++t) rms_norm_row<float>(x + t * h, w, out + t * h, &unused, h, eps);
+}
+
 void check(const paddle::Tensor& t, std::vector<int64_t> shape, const char* name) {
   PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.is_contiguous(),
            "fused_decoder_layer: ", name, " must be a contiguous float32 CPU tensor");
@@ -161,11 +169,9 @@ std::vector<paddle::Tensor> DecoderLayerForward(
   auto out = paddle::empty({tokens, H}, paddle::DataType::FLOAT32, x.place());
   float* op = out.data<float>();
   const float* xp = x.data<float>();
-  float unused;
 
   // Attention block.
-  for (int64_t t = 0; t < tokens; ++t)
-    rms_norm_row<float>(xp + t * H, attn_norm.data<float>(), h + t * H, &unused, H, eps);
+  rms_norm_rows(xp, attn_norm.data<float>(), h, tokens, H, eps);
   sgemm(h, w_qkv.data<float>(), qkv, tokens, H, qkv_n, false);
   float* kc = key_cache.data<float>();
   float* vc = value_cache.data<float>();
@@ -214,8 +220,7 @@ std::vector<paddle::Tensor> DecoderLayerForward(
   for (int64_t e = 0; e < tokens * H; ++e) op[e] = xp[e] + proj[e];
 
   // MLP block.
-  for (int64_t t = 0; t < tokens; ++t)
-    rms_norm_row<float>(op + t * H, mlp_norm.data<float>(), h + t * H, &unused, H, eps);
+  rms_norm_rows(op, mlp_norm.data<float>(), h, tokens, H, eps);
   sgemm(h, w_gate_up.data<float>(), gate_up, tokens, H, 2 * inter, false);
   for (int64_t t = 0; t < tokens; ++t)
     swiglu_row<float>(gate_up + t * 2 * inter, gate_up + t * 2 * inter + inter, act + t * inter,
@@ -241,10 +246,7 @@ std::vector<paddle::Tensor> NormHeadForward(const paddle::Tensor& x, const paddl
         "weight");
   thread_local std::vector<float> h;
   h.resize(b * H);
-  float unused;
-  for (int64_t t = 0; t < b; ++t)
-    rms_norm_row<float>(x.data<float>() + t * H, norm.data<float>(), h.data() + t * H, &unused, H,
-                        eps);
+  rms_norm_rows(x.data<float>(), norm.data<float>(), h.data(), b, H, eps);
   auto logits = paddle::empty({b, vocab}, paddle::DataType::FLOAT32, x.place());
   sgemm(h.data(), weight.data<float>(), logits.data<float>(), b, H, vocab, transposed_weight);
   return {logits};

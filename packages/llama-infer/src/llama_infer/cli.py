@@ -325,9 +325,10 @@ def export(model_path, output, dtype, max_seq_len, tokenizer, portable, overwrit
     llama-infer export --model llama-dir --output llama-export --max-seq-len 512
     llama-infer --model llama-export --prompt "To be, or not to be"
     """
-    from llama_infer.export import export_model, fused_layers_unavailable
+    from llama_infer.export import export_model
     from llama_infer.generation import check_dtype
     from llama_infer.loading import load_model
+    from llama_model import kernels
 
     check_dtype(dtype)
     if os.path.exists(output) and not overwrite:
@@ -343,15 +344,15 @@ def export(model_path, output, dtype, max_seq_len, tokenizer, portable, overwrit
     )
     shipped = [f for f in os.listdir(output) if f.startswith(("tokenizer", "special_tokens"))]
     if manifest["custom_ops"]:
-        kernels = "llama-ops' fused decoder layers (serving needs llama-ops; --portable for none)"
+        ops = "llama-ops' fused decoder layers (serving needs llama-ops; --portable for none)"
     elif portable:
-        kernels = "plain Paddle operators (portable)"
+        ops = "plain Paddle operators (portable)"
     else:
-        kernels = f"plain Paddle operators ({fused_layers_unavailable(manifest['dtype'])})"
+        ops = f"plain Paddle operators ({kernels.fused_layers_available(manifest['dtype'])})"
     click.echo(
         f"exported {manifest['num_layers']}-layer model ({manifest['dtype']}, cache capacity "
         f"{manifest['capacity']} tokens) to {output}: programs "
-        f"{', '.join(p['program'] for p in manifest['programs'].values())} with {kernels}"
+        f"{', '.join(p['program'] for p in manifest['programs'].values())} with {ops}"
         + (f"; tokenizer {', '.join(sorted(shipped))}" if shipped else "; no tokenizer files"),
         err=True,
     )

@@ -111,8 +111,8 @@ def export_model(
     """Write the programs, config.json, the tokenizer files and the manifest to ``output``; returns
     the manifest. ``capacity``: cache slots (prompt + new tokens), by default the model's context.
     ``tokenizer``: a directory (its tokenizer files are copied), a ``.model`` or ``tokenizer.json``
-    file, or None. ``portable``: plain Paddle operators only; otherwise, where
-    ``fused_layers_unavailable`` finds nothing against it, each decoder layer is one llama-ops
+    file, or None. ``portable``: plain Paddle operators only; otherwise, where llama-model's
+    ``kernels.fused_layers_available`` finds nothing against it, each decoder layer is one llama-ops
     kernel and the final norm and head another (the manifest's ``custom_ops``)."""
     config = model.config
     context = config.max_position_embeddings
@@ -125,7 +125,7 @@ def export_model(
         raise InferError(f"{output} exists; remove it or pass --overwrite")
     tokenizer_files = _tokenizer_files(tokenizer)
     dtype = str(model.llama.embed_tokens.weight.dtype).replace("paddle.", "")
-    fused = not portable and fused_layers_unavailable(dtype) is None
+    fused = not portable and kernels.fused_layers_available(dtype) is None
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     # Published whole or not at all (llama-ckpt-tools' atomic output: a temporary directory beside
@@ -166,15 +166,6 @@ def export_model(
             if leftover.endswith((".pdmodel.info", ".meta", ".info")):
                 os.unlink(os.path.join(tmp, leftover))
     return manifest
-
-
-def fused_layers_unavailable(dtype: str) -> str | None:
-    """None when the programs can use llama-ops' fused decoder layer here, else why not."""
-    if dtype != "float32":
-        return f"llama-ops' fused decoder layer is float32 only, the model is {dtype}"
-    if paddle.is_compiled_with_cuda():
-        return "llama-ops' fused decoder layer is a CPU kernel; this Paddle is a CUDA build"
-    return kernels.fused_layers_available()
 
 
 def _tokenizer_files(tokenizer: str | None) -> list[tuple[str, str]]:

@@ -100,7 +100,7 @@ class _BoundStep:
             handle.share_external_data(cache)
         # The mask lives on the host with the state (a column opened per step, copied in whole), so
         # a generation bound again after another one's steps keeps the slots it opened.
-        if getattr(state, "host_mask", None) is None:
+        if state.host_mask is None:
             state.host_mask = state.mask.numpy()
         self.logits = program.get_output_handle(program.get_output_names()[0])
         self.state = state
@@ -150,23 +150,16 @@ class StaticDecoder(SlotDecoder):
             )
         return self.capacity  # the programs' cache dimension is fixed
 
-    def step(self, state: DecodeState, tokens: np.ndarray) -> np.ndarray:
+    def _decode(self, state: DecodeState, ids: np.ndarray, positions: np.ndarray, slot: int):
         if not self.in_place:
-            return super().step(state, tokens)
+            return super()._decode(state, ids, positions, slot)
         # The programs write the caches they are given: bound once per generation, they stay in
         # place, and a step copies in only the new tokens, their positions, the slot and the mask.
-        slot = state.next_slot
-        if slot >= state.max_len:
-            raise ValueError(f"the cache of {state.max_len} slots is full")
         if self._bound is None or self._bound.state is not state:
             self._bound = _BoundStep(self.decode_program, state)
-        bound = self._bound
-        bound.feed(
-            tokens.reshape(-1, 1).astype(np.int64), (slot - state.pads).astype(np.int64), slot
-        )
+        self._bound.feed(ids, positions, slot)
         self.decode_program.run()
-        state.next_slot = slot + 1
-        return bound.logits.copy_to_cpu()
+        return self._bound.logits.copy_to_cpu()
 
     def _forward(
         self, ids, positions, start: int, mask, state: DecodeState, fresh: bool

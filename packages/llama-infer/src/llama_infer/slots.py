@@ -92,18 +92,22 @@ class SlotDecoder:
         slot = state.next_slot
         if slot >= state.max_len:
             raise ValueError(f"the cache of {state.max_len} slots is full")
-        state.mask[:, :, :, slot] = 0.0
         ids = tokens.reshape(-1, 1).astype(np.int64, copy=False)
-        positions = (slot - state.pads).astype(np.int64)
+        logits = self._decode(state, ids, (slot - state.pads).astype(np.int64), slot)
+        state.next_slot = slot + 1
+        return logits
+
+    def _decode(self, state: DecodeState, ids: np.ndarray, positions: np.ndarray, slot: int):
+        """One step's model call: ``ids`` [b, 1] written at ``slot``, ``positions`` [b]; opens the
+        slot in the mask and returns the logits [b, vocab] float32."""
+        state.mask[:, :, :, slot] = 0.0
         # One token per row: refill tensors kept for that, cheaper than new tensors per step.
         if state.ids is None:
             state.ids, state.positions = paddle.to_tensor(ids), paddle.to_tensor(positions)
         else:
             state.ids.set_value(ids)
             state.positions.set_value(positions)
-        logits = self._forward(state.ids, state.positions, slot, state.mask, state, fresh=False)
-        state.next_slot = slot + 1
-        return logits
+        return self._forward(state.ids, state.positions, slot, state.mask, state, fresh=False)
 
     def _forward(
         self, ids, positions, start: int, mask, state: DecodeState, fresh: bool

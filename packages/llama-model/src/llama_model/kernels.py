@@ -115,10 +115,7 @@ def for_inference(dtype, on_cpu: bool) -> SimpleNamespace:
     ops = SimpleNamespace(
         rms_norm=rms_norm, apply_rope=apply_rope, swiglu=swiglu, causal_attention=causal_attention
     )
-    kernels_here = _ops is not None and _ops.backend().startswith(
-        "fused (cpu" if on_cpu else "fused (cpu+cuda"
-    )
-    if kernels_here:
+    if _compiled_kernels(on_cpu):
         ops.rms_norm, ops.apply_rope, ops.swiglu = (
             _ops.fused.rms_norm, _ops.fused.apply_rope, _ops.fused.swiglu
         )  # fmt: skip
@@ -129,13 +126,24 @@ def for_inference(dtype, on_cpu: bool) -> SimpleNamespace:
     return ops
 
 
-def fused_layers_available() -> str | None:
-    """None when ``fused_layers()`` can be used here, else why not."""
+def _compiled_kernels(on_cpu: bool) -> bool:
+    """Whether llama-ops' compiled operators are loaded for the device (CPU, or CUDA too)."""
+    return _ops is not None and _ops.backend().startswith(
+        "fused (cpu" if on_cpu else "fused (cpu+cuda"
+    )
+
+
+def fused_layers_available(dtype: str = "float32") -> str | None:
+    """None when ``fused_layers()`` can be used here for a model of ``dtype``, else why not."""
+    if dtype != "float32":
+        return f"llama-ops' fused decoder layer is float32 only, the model is {dtype}"
+    if paddle.is_compiled_with_cuda():
+        return "llama-ops' fused decoder layer is a CPU kernel; this Paddle is a CUDA build"
     if _ops is None:
         if os.environ.get("LLAMA_MODEL_NO_OPS"):
             return "llama-ops is switched off (LLAMA_MODEL_NO_OPS)"
         return "llama-ops is not installed"
-    if not _ops.backend().startswith("fused (cpu") or not hasattr(_ops.fused, "decoder_layer"):
+    if not _compiled_kernels(on_cpu=True) or not hasattr(_ops.fused, "decoder_layer"):
         return f"llama-ops {_ops.__version__} has no compiled decoder layer ({_ops.backend()})"
     return None
 
@@ -144,9 +152,10 @@ def fused_layers() -> SimpleNamespace:
     """The plain primitives plus ``decoder_layer``: a whole decoder layer over the new tokens of a
     KV-cache step in one llama-ops kernel (CPU, float32, forward only) over
     ``functional.FusedLayerWeights``, for :func:`functional.forward`; the rotary tables whole, read
-    at ``positions`` in the kernel; and ``norm_head``, the final RMSNorm and the LM head in one. An inference program of a
-    small model spends most of a step on per-operation overhead; one kernel per layer is ~25 fewer
-    operations. Raises RuntimeError where ``fused_layers_available()`` says why not."""
+    at ``positions`` in the kernel; and ``norm_head``, the final RMSNorm and the LM head in one. An
+    inference program of a small model spends most of a step on per-operation overhead; one kernel
+    per layer is ~25 fewer operations. Raises RuntimeError where ``fused_layers_available()`` says
+    why not."""
     why = fused_layers_available()
     if why is not None:
         raise RuntimeError(f"no fused decoder layer: {why}")
