@@ -7,7 +7,7 @@ is generated from it (.ci/packages.py) so nobody edits a matrix by hand.
     nox -s release_check tests wheels     # what CI runs (.ci/run): checks, suites, wheels alone
     nox -s "tests(llama-data)"            # one package
     nox -s "tests(llama-data)" -- -m "not e2e" -x   # pytest options after --
-    nox -s lint build bench demo tests_dist
+    nox -s lint build bench demo tests_dist matrix
     nox -s tests_gpu                      # on a GPU machine: the GPU suites (pytest -m gpu)
 """
 
@@ -43,6 +43,9 @@ class Package:
     consumers: tuple[str, ...] = ()
     # Optional siblings installed for the package's benchmarks (which compare with and without them).
     bench_with: tuple[str, ...] = ()
+    # Optional siblings installed for the package's tests, which switch them off where they test
+    # the plain path (the configuration matrix runs each cell with and without llama-ops).
+    test_with: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -70,6 +73,7 @@ PACKAGES: dict[str, Package] = {
         "llama-train",
         needs=("llama-data", "llama-model", "ckpt-tools"),
         bench_with=("llama-ops",),  # fused kernels vs plain Paddle under dp/mp/pp
+        test_with=("llama-ops",),  # the matrix's kernels factor (tests/matrix.py)
     ),
     "llama-infer": Package(
         "llama-infer",
@@ -103,6 +107,9 @@ def _install(session: nox.Session, name: str, extras: tuple[str, ...]) -> None:
     session.install(*paths, spec)
     if extras == PACKAGES[name].test_extras and PACKAGES[name].test_no_deps:
         session.install("--no-deps", *PACKAGES[name].test_no_deps)
+    if extras == PACKAGES[name].test_extras:
+        for extra in PACKAGES[name].test_with:
+            session.install(str(PACKAGES[extra].path))
 
 
 def _pytest(session: nox.Session, name: str, *args: str, env: dict[str, str] | None = None) -> None:
@@ -143,7 +150,24 @@ def tests_dist(session: nox.Session) -> None:
         if not any("mark.dist" in p.read_text() for p in PACKAGES[name].path.glob("tests/**/*.py")):
             continue
         _install(session, name, PACKAGES[name].test_extras)
-        _pytest(session, name, "-m", "dist", *session.posargs)
+        _pytest(session, name, "-m", "dist and not gpu", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def matrix(session: nox.Session) -> None:
+    """Every accepted combination of llama-train's options on the tiny preset (layouts of up to 8
+    processes, micro-batch, kernels, schedule, recompute, --to-static), each trained 2 steps and
+    compared with one process; ``nox -s tests`` runs a pairwise covering set of them. See
+    packages/llama-train/tests/matrix.py. Options for pytest after --."""
+    _install(session, "llama-train", PACKAGES["llama-train"].test_extras)
+    _pytest(
+        session,
+        "llama-train",
+        "-k",
+        "test_matrix",
+        *session.posargs,
+        env={"LLAMA_TRAIN_MATRIX": "full"},
+    )
 
 
 # The CUDA build of Paddle the GPU suites run on (override for another CUDA version).

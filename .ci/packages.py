@@ -4,8 +4,9 @@
     python .ci/packages.py --changed-since REF  # packages changed since REF, plus their dependents
 
 The list comes from the one PACKAGES table in noxfile.py, so no matrix is edited by hand. A package
-counts as changed when a file under it changed, when a package it needs changed, and when a package
-whose suite its session also runs (its ``consumers``) changed; a change outside packages/ (noxfile,
+counts as changed when a file under it changed, when a package it needs or its tests install
+(``test_with``) changed, and when a package whose suite its session also runs (its ``consumers``)
+changed; a change outside packages/ (noxfile,
 CI, ruff config) selects every package, a change of a Markdown file outside packages/ none.
 """
 
@@ -47,13 +48,16 @@ def changed_packages(ref: str) -> list[str]:
 def with_dependents(touched: set[str], packages=PACKAGES) -> list[str]:
     """The touched packages and every package whose session tests one of them, in table order:
     packages that need a selected one (their tests install it) and packages whose session also runs
-    a selected one's suite (``consumers``), until nothing more is added."""
+    a selected one's suite (``consumers``) or installs it for its tests (``test_with``), until
+    nothing more is added."""
     selected = set(touched)
     grew = True
     while grew:
         grew = False
         for name, pkg in packages.items():
-            if name not in selected and selected.intersection((*pkg.needs, *pkg.consumers)):
+            if name not in selected and selected.intersection(
+                (*pkg.needs, *pkg.consumers, *pkg.test_with)
+            ):
                 selected.add(name)
                 grew = True
     return [name for name in packages if name in selected]

@@ -2,11 +2,16 @@
 ``OUT/benchmarks.md`` and ``OUT/benchmarks.json``.
 
     python benchmarks/bench_table.py bench-results/raw/*.jsonl --out bench-results
+    python benchmarks/bench_table.py benchmarks/results/RUN.jsonl --insert README.md:RUN
 
 ``nox -s bench`` runs it after the benchmarks. Rows keep the order of the records; each shows our
 figure, the peer's figure from the same run and the ratio (above 1: ours is ahead; see
 ``bench_figures``). The machine each figure was measured on heads the table; figures from more than
 one machine get a machine column.
+
+``--insert FILE:NAME`` writes the same table (without its heading) into FILE, replacing what lies
+between the lines ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``: a README's table of a run
+is then generated from that run's records (kept in ``benchmarks/results/``), never copied by hand.
 """
 
 from __future__ import annotations
@@ -160,21 +165,49 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def insert(path: Path, name: str, markdown: str) -> None:
+    """Replace the lines between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in ``path``."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        first, last = lines.index(begin), lines.index(end)
+    except ValueError:
+        raise SystemExit(f"Error: {path}: no lines {begin} ... {end}") from None
+    if last < first:
+        raise SystemExit(f"Error: {path}: {end} comes before {begin}")
+    body = markdown.split("\n", 2)[2].strip("\n")  # without "# Benchmarks" and its blank line
+    write_atomic(path, "\n".join([*lines[: first + 1], body, *lines[last:]]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", nargs="+", type=Path, help="JSON Lines files of figures")
-    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    ap.add_argument("--out", type=Path, help="folder for benchmarks.md/.json (default: bench-results, "
+                    "unless --insert is given)")  # fmt: skip
+    ap.add_argument("--insert", action="append", default=[], metavar="FILE:NAME",
+                    help="write the table into FILE between <!-- bench:NAME --> and "
+                    "<!-- /bench:NAME -->")  # fmt: skip
     args = ap.parse_args(argv)
     records = read_records([p for p in args.records if p.exists()])
     if not records:
         print("Error: no benchmark figures recorded", file=sys.stderr)
         return 2
     markdown, table = build(records)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "benchmarks.md", markdown)
-    write_atomic(args.out / "benchmarks.json", json.dumps(table, indent=2) + "\n")
+    for target in args.insert:
+        path, _, name = target.rpartition(":")
+        if not path or not name:
+            print(f"Error: --insert takes FILE:NAME, not {target!r}", file=sys.stderr)
+            return 2
+        insert(Path(path), name, markdown)
+        print(f"written: the table {name!r} of {path}")
+    out = args.out or (None if args.insert else Path("bench-results"))
+    if out is None:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "benchmarks.md", markdown)
+    write_atomic(out / "benchmarks.json", json.dumps(table, indent=2) + "\n")
     print(markdown)
-    print(f"written: {args.out / 'benchmarks.md'}, {args.out / 'benchmarks.json'}")
+    print(f"written: {out / 'benchmarks.md'}, {out / 'benchmarks.json'}")
     return 0
 
 

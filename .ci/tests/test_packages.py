@@ -16,7 +16,7 @@ TABLE = {
     "ckpt": Package("ckpt"),
     "ops": Package("ops", consumers=("model",)),
     "model": Package("model"),
-    "train": Package("train", needs=("data", "model", "ckpt")),
+    "train": Package("train", needs=("data", "model", "ckpt"), test_with=("ops",)),
     "infer": Package("infer", needs=("data", "ckpt", "model")),
     "serve": Package("serve", needs=("infer",)),
 }
@@ -35,5 +35,7 @@ def test_a_package_whose_session_runs_the_changed_suite_is_selected():
     assert packages.with_dependents({"model"}, TABLE) == ["ops", "model", "train", "infer", "serve"]
 
 
-def test_a_provider_does_not_select_its_consumer():
-    assert packages.with_dependents({"ops"}, TABLE) == ["ops"]
+def test_a_provider_selects_the_packages_whose_tests_install_it():
+    # ops' session runs model's suite (a consumer does not select its provider); train's tests
+    # install ops for the configuration matrix, so a change in ops reruns them.
+    assert packages.with_dependents({"ops"}, TABLE) == ["ops", "train"]

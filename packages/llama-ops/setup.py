@@ -29,7 +29,13 @@ CXX_FLAGS = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-tr
 NVCC_FLAGS = ["-O3", "-std=c++17"]
 # The library needs Paddle's libpaddle.so at load time. The Paddle that built it may live in a
 # throwaway build environment, so point the loader at the paddle package installed next to llama_ops.
-LINK_FLAGS = ["-fopenmp", "-Wl,-rpath,$ORIGIN/../paddle/base", "-Wl,-rpath,$ORIGIN/../paddle/libs"]
+# -ldl: csrc/blas.h finds MKL with dlopen/dlsym (in libc itself only from glibc 2.34).
+LINK_FLAGS = [
+    "-fopenmp",
+    "-ldl",
+    "-Wl,-rpath,$ORIGIN/../paddle/base",
+    "-Wl,-rpath,$ORIGIN/../paddle/libs",
+]
 
 
 def warn(reason: str) -> None:

@@ -112,3 +112,20 @@ def test_parse_size():
     )
     with pytest.raises(CheckpointError):
         parse_size("five gigs")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--rtol", "inf"), ("--atol", "nan"), ("--atol", "-1e-3")]
+)
+def test_verify_refuses_a_tolerance_that_is_not_a_finite_number(tmp_path, option, value):
+    from helpers import cli
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "a.safetensors"))
+    save_file({"w": np.array([0, 1e30], np.float32)}, str(tmp_path / "b.safetensors"))
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    r = cli("verify", a, b, option, value)  # inf would call these two equal
+    shown = {"inf": "inf", "nan": "nan", "-1e-3": "-0.001"}[value]
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == f"Error: {option[2:]} must be a finite number >= 0, got {shown}\n"
+    assert cli("verify", a, b, "--rtol", "1e-3").exit_code == 1  # they differ

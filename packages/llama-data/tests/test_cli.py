@@ -205,3 +205,48 @@ def test_installed_entry_point(tmp_path):
     assert (
         proc.stderr == f"Error: {tmp_path / 'ds.bin'} already exists (--overwrite to replace it)\n"
     )
+
+
+def _clicks_own_error_line(command, args, prog_name) -> str:
+    """The ``Error:`` line click prints last for a plain command, after the usage, a hint and a
+    blank line (its wording changes between click versions, so the one-line form is compared to
+    it)."""
+    result = CliRunner().invoke(command, args, prog_name=prog_name)
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and len(lines) == 4, lines
+    assert lines[0].startswith(f"Usage: {prog_name} ") and lines[1:3] == [
+        f"Try '{prog_name} --help' for help.",
+        "",
+    ]
+    return lines[3]
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["preprocess", "--input", "a", "--bogus"], "--bogus"),  # an unknown option
+        (["inspect"], "PREFIX"),  # a missing argument
+        (["preprocess", "--input", "a", "--tokenizer", "byte"], "--output-prefix"),  # an option
+        (["samples", "--data", "d", "--seq-len", "0", "--num-samples", "1"], "--seq-len"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args, word):
+    line = _clicks_own_error_line(main.commands[args[0]], args[1:], f"llama-data {args[0]}")
+    assert line.startswith("Error: ") and word in line
+    result = CliRunner().invoke(main, args, prog_name="llama-data")
+    assert (result.exit_code, result.stdout) == (2, "")
+    end = "" if line.endswith((".", "?")) else "."  # click ends some messages without a stop
+    assert result.stderr == f"{line}{end} Try 'llama-data {args[0]} --help'.\n"
+
+
+def test_usage_error_of_the_installed_command_is_one_line():
+    exe = Path(sys.executable).parent / "llama-data"
+    proc = subprocess.run([exe, "--bogus"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert "--bogus" in lines[0] and lines[0].endswith(" Try 'llama-data --help'.")
+    proc = subprocess.run([exe, "nosuch"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.endswith("'nosuch'. Try 'llama-data --help'.\n")
+    assert len(proc.stderr.splitlines()) == 1

@@ -15,7 +15,14 @@ import pytest
 from conftest import padded_prompts, random_model, tiny_config, write_model_dir
 from test_loading_and_cli import cli, error_line
 
-from llama_infer import CachedDecoder, Generator, StaticDecoder, export_model, read_manifest
+from llama_infer import (
+    CachedDecoder,
+    Generator,
+    InferError,
+    StaticDecoder,
+    export_model,
+    read_manifest,
+)
 from llama_infer.manifest import CUSTOM_OPS
 
 CAPACITY = 40
@@ -200,18 +207,20 @@ def test_bad_exports_and_prompts_fail_in_one_line(byte_export, tmp_path):
     assert "longer than the export's capacity" in error_line(
         cli("--model", export_dir, "--tokenizer", "byte", "--prompt", "x" * CAPACITY)
     )
-    # Another export format version: an older export (its programs take other inputs) or a newer one.
+    # A newer export format: upgrading llama-infer is the fix (the other versions: below).
+    from llama_infer import __version__
     from llama_infer.manifest import FORMAT_VERSION
 
-    for version, writer in ((FORMAT_VERSION - 1, "0.3.0"), (FORMAT_VERSION + 1, "9.0.0")):
-        other = tmp_path / f"format{version}"
-        shutil.copytree(export_dir, other)
-        manifest = json.loads((other / "export.json").read_text())
-        manifest.update(format_version=version, created_by=f"llama-infer {writer}")
-        (other / "export.json").write_text(json.dumps(manifest))
-        line = error_line(cli("--model", str(other), *run))
-        assert f"exported by llama-infer {writer} in export format {version}" in line, line
-        assert f"reads format {FORMAT_VERSION}" in line, line
+    newer = tmp_path / "newer"
+    shutil.copytree(export_dir, newer)
+    manifest = json.loads((newer / "export.json").read_text())
+    manifest.update(format_version=FORMAT_VERSION + 1, created_by="llama-infer 9.0.0")
+    (newer / "export.json").write_text(json.dumps(manifest))
+    assert error_line(cli("--model", str(newer), *run)) == (
+        f"Error: {newer} was exported by llama-infer 9.0.0 in export format {FORMAT_VERSION + 1}, "
+        f"newer than the format {FORMAT_VERSION} llama-infer {__version__} reads: upgrade "
+        "llama-infer (pip install -U llama-infer)"
+    )
     # A missing program.
     broken = tmp_path / "broken"
     shutil.copytree(export_dir, broken)
@@ -235,6 +244,84 @@ def test_bad_exports_and_prompts_fail_in_one_line(byte_export, tmp_path):
         cli("--model", export_dir, *run, "--dtype", "bfloat16")
     )
     assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
+
+
+def _altered(export_dir, tmp_path, name, **manifest_changes):
+    """A copy of the export whose manifest has ``manifest_changes`` (None: the key removed)."""
+    other = tmp_path / name
+    shutil.copytree(export_dir, other)
+    manifest = json.loads((other / "export.json").read_text())
+    manifest.update(manifest_changes)
+    manifest = {k: v for k, v in manifest.items() if v is not None}
+    (other / "export.json").write_text(json.dumps(manifest))
+    return other
+
+
+def test_manifest_format_versions(byte_export, tmp_path):
+    """An older export is made again, a newer one needs a newer llama-infer, and a version that is
+    not an integer is a malformed manifest."""
+    from llama_infer import __version__
+    from llama_infer.manifest import FORMAT_VERSION
+
+    _, export_dir = byte_export
+    assert read_manifest(export_dir)["format_version"] == FORMAT_VERSION == 4
+    cases = {
+        (3, "llama-infer 0.5.0"): "{dir} was exported by llama-infer 0.5.0 in export format 3; "
+        f"llama-infer {__version__} reads format 4: export the model again with this version",
+        (5, "llama-infer 9.0.0"): "{dir} was exported by llama-infer 9.0.0 in export format 5, "
+        f"newer than the format 4 llama-infer {__version__} reads: upgrade llama-infer "
+        "(pip install -U llama-infer)",
+        (5, None): "{dir} was exported by an unknown llama-infer in export format 5, newer than "
+        f"the format 4 llama-infer {__version__} reads: upgrade llama-infer "
+        "(pip install -U llama-infer)",
+        ("4", "llama-infer 0.6.0"): "{dir}/export.json: malformed manifest (format_version '4', "
+        "expected an integer); export the model again",
+        (None, "llama-infer 0.6.0"): "{dir}/export.json: malformed manifest (no format_version, "
+        "expected an integer); export the model again",
+        (4.0, "llama-infer 0.6.0"): "{dir}/export.json: malformed manifest (format_version 4.0, "
+        "expected an integer); export the model again",
+        (True, "llama-infer 0.6.0"): "{dir}/export.json: malformed manifest (format_version True, "
+        "expected an integer); export the model again",
+    }
+    for i, ((version, by), message) in enumerate(cases.items()):
+        other = _altered(export_dir, tmp_path, f"v{i}", format_version=version, created_by=by)
+        with pytest.raises(InferError) as info:
+            read_manifest(str(other))
+        assert str(info.value) == message.format(dir=other), (version, by)
+
+
+def test_a_broken_file_of_an_export_is_named(byte_export, tmp_path):
+    """A parameter file cut short is named as such, not as the program that uses it: by its size
+    against the manifest's, and by Paddle's error for an export whose manifest has no sizes (those
+    of llama-infer 0.6.0)."""
+    _, export_dir = byte_export
+    sizes = read_manifest(export_dir)["files"]
+    assert sorted(sizes) == ["decode.json", "params.pdiparams", "prefill.json"]
+    assert sizes == {f: os.path.getsize(os.path.join(export_dir, f)) for f in sizes}
+    params = "params.pdiparams"
+    cut = _altered(export_dir, tmp_path, "cut")
+    data = (cut / params).read_bytes()
+    (cut / params).write_bytes(data[: len(data) // 2])
+    with pytest.raises(InferError) as info:
+        read_manifest(str(cut))
+    assert str(info.value) == (
+        f"{cut / params} has {len(data) // 2} bytes where the export wrote {len(data)}: it was "
+        "cut short or changed; export the model again"
+    )
+    line = error_line(cli("--model", str(cut), "--tokenizer", "byte", "--prompt", "To be"))
+    assert line == f"Error: {info.value}"
+    # Without the sizes, Paddle is the first to read the files: its error tells which one.
+    old = _altered(cut, tmp_path, "old", files=None)
+    with pytest.raises(InferError) as info:
+        StaticDecoder(str(old), threads=1)
+    assert str(info.value).startswith(
+        f"{old / params} (the parameters of prefill.json): Paddle cannot load it ("
+    )
+    broken = _altered(export_dir, tmp_path, "broken-program", files=None)
+    (broken / "prefill.json").write_text('{"program": ')
+    with pytest.raises(InferError) as info:
+        StaticDecoder(str(broken), threads=1)
+    assert str(info.value).startswith(f"{broken / 'prefill.json'}: Paddle cannot load it (")
 
 
 def test_export_api_ships_tokenizer_and_overwrites(model_dirs, tmp_path):

@@ -55,8 +55,6 @@ def test_each_input_kind_loads_the_same_weights(byte_model, tmp_path):
     model, directory = byte_model
     expected = {k: v.numpy() for k, v in model.state_dict().items()}
     pdparams = save_pdparams(model, str(tmp_path / "pickled"))
-    with pytest.raises(InferError, match="allow-pickle"):
-        load_model(pdparams)
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000010"
     ckpt.mkdir(parents=True)
     paddle.distributed.save_state_dict(
@@ -66,13 +64,37 @@ def test_each_input_kind_loads_the_same_weights(byte_model, tmp_path):
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step-00000010\n")
     for path, kw in [
         (directory, {}),
-        (pdparams, {"allow_pickle": True}),
+        (pdparams, {}),  # read by llama-ckpt-tools' restricted reader, as the checkpoint is
         (str(ckpt), {}),
         (str(tmp_path / "run"), {}),
     ]:
         loaded = load_model(path, **kw).model
         for name, value in loaded.state_dict().items():
             np.testing.assert_array_equal(value.numpy(), expected[name], err_msg=f"{path}: {name}")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pdparams_that_names_code_is_refused_and_runs_nothing(byte_model, tmp_path):
+    """What --allow-pickle once guarded: a .pdparams goes through llama-ckpt-tools' restricted
+    reader, which refuses a pickle naming a function before anything runs."""
+    import pickle
+
+    model, _ = byte_model
+    directory = tmp_path / "hostile"
+    save_pdparams(model, str(directory))
+    marker = tmp_path / "pwned"
+    with open(directory / "model.pdparams", "wb") as fh:
+        pickle.dump({"llama.embed_tokens.weight": _Exploit(marker)}, fh, protocol=4)
+    with pytest.raises(InferError, match=r"refusing to load .*(posix|os)\.system"):
+        load_model(str(directory))
+    assert not marker.exists()
 
 
 def test_bad_model_directories(byte_model, tmp_path):
@@ -206,3 +228,77 @@ def test_cli_group_version_help_and_default_command():
     assert "--decode-strategy" in run("generate", "--help").stdout
     missing = run("--model", "/nonexistent", "--prompt", "a")
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+def _installed(*args) -> subprocess.CompletedProcess:
+    """The installed ``llama-infer`` script (the program name its messages carry)."""
+    script = os.path.join(os.path.dirname(sys.executable), "llama-infer")
+    return subprocess.run(
+        [script, *map(str, args)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+
+
+def _clicks_own_error_line(command, args, prog_name) -> str:
+    """The ``Error:`` line click prints last for a plain command (after the usage, a hint and a
+    blank line when it knows the command): its wording changes between click versions, so the
+    one-line form is compared to it. Parsing fails, so nothing of the command runs."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(command, args, prog_name=prog_name)
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and len(lines) in (1, 4), lines
+    if len(lines) == 4:
+        assert lines[1:3] == [f"Try '{prog_name} --help' for help.", ""], lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["--model", "m", "--bogus"], "--bogus"),  # an unknown option (the default command's)
+        (["generate", "--prompt", "a"], "--model"),  # a missing option
+        (["generate", "--prompt", "a", "--model"], "--model"),  # a missing option value
+        (["export", "--model", "m"], "--output"),
+        (["export", "--model", "m", "--output", "o", "--dtype", "int8"], "int8"),
+    ],
+)
+def test_usage_errors_are_one_line(args, word):
+    from llama_infer.cli import main
+
+    name = args[0] if args[0] in main.commands else "generate"
+    own = args[1:] if args[0] in main.commands else args
+    line = _clicks_own_error_line(main.commands[name], own, f"llama-infer {name}")
+    assert line.startswith("Error: ") and word in line
+    result = _installed(*args)
+    assert (result.returncode, result.stdout) == (2, "")
+    end = "" if line.endswith((".", "?")) else "."  # click ends some messages without a stop
+    assert result.stderr == f"{line}{end} Try 'llama-infer {name} --help'.\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--temperature", "inf"), ("--repetition-penalty", "inf"), ("--top-p", "nan"),
+     ("--temperature", "-inf")],
+)  # fmt: skip
+def test_non_finite_float_options_are_refused(option, value):
+    result = _installed("--model", "m", "--prompt", "a", option, value)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: Invalid value for '{option}': '{value}' is not a finite number. "
+        "Try 'llama-infer generate --help'.\n"
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["export", "--output", "o"]])
+def test_allow_pickle_is_refused_saying_why(command):
+    result = _installed(*command, "--model", "m", "--allow-pickle")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: --allow-pickle is gone (llama-infer 0.6.0 was the last to take it): a .pdparams "
+        "is read by llama-ckpt-tools' restricted reader, which runs no code, as a checkpoint's "
+        "pickles always were, so it loads without the option; drop it\n"
+    )
+    listing = _installed(*(command[:1] or ["generate"]), "--help")
+    assert listing.returncode == 0 and "--model" in listing.stdout
+    assert "--allow-pickle" not in listing.stdout

@@ -87,3 +87,22 @@ def test_same_seed_same_draws_and_greedy_is_argmax():
 def test_bad_sampling_options(kwargs):
     with pytest.raises(InferError):
         SamplingConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": float("inf")}, "temperature must be a finite number > 0, got inf"),
+        ({"temperature": float("nan")}, "temperature must be a finite number > 0, got nan"),
+        (
+            {"repetition_penalty": float("inf")},
+            "repetition_penalty must be a finite number > 0, got inf",
+        ),
+        ({"top_p": float("nan")}, "top_p must be in (0, 1], got nan"),
+    ],
+)
+def test_non_finite_sampling_options(kwargs, message):
+    # An infinite temperature or penalty turns the logits into zeros and infinities.
+    with pytest.raises(InferError) as info:
+        SamplingConfig("sampling", **kwargs)
+    assert str(info.value) == message

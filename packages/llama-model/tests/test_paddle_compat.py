@@ -78,7 +78,7 @@ def test_defect3_replacement_orders_ops_per_peer(monkeypatch):
 def test_defect3_socket_transport_buffers_sends_in_order():
     """Two ranks in one process over real sockets: each sends before the other receives (blocking
     gloo sends deadlock on exactly that), several messages queue up per direction, and values,
-    dtypes, order and pickled objects (the stages' shape exchange) arrive intact."""
+    dtypes, order and objects (the stages' shape exchange, as JSON) arrive intact."""
     import socket
 
     from paddle.base import core
@@ -106,6 +106,18 @@ def test_defect3_socket_transport_buffers_sends_in_order():
     for p2p in (r0, r1):  # what runs at exit: every thread stops, every socket closes
         p2p.close()
         assert not any(thread.is_alive() for thread in p2p._threads)
+
+
+def test_defect3_stages_exchange_tensor_meta_through_send_object_list():
+    """What SocketP2P's JSON carries for the stages' shape exchange: ``[outputs_meta]`` (forward)
+    and ``[output_meta]`` (backward), tuples of TensorMeta with exactly these fields."""
+    from paddle.distributed.auto_parallel.pipelining import stage
+    from paddle.distributed.auto_parallel.pipelining.utils import TensorMeta
+
+    source = inspect.getsource(stage)
+    assert source.count("dist.send_object_list(") == 2
+    assert "[outputs_meta]," in source and "[output_meta], dst=self.prev_rank" in source
+    assert set(vars(TensorMeta(paddle.zeros([2])))) == gloo_compat._META_FIELDS
 
 
 def test_defect4_tensor_cuda_raises_on_a_cpu_build():

@@ -29,15 +29,14 @@ def _parse() -> argparse.Namespace:
 
 
 ARGS = _parse()
-# Paddle sets OMP_NUM_THREADS=1 at import unless it is already set: set it first. libgomp must not
-# spin between the fused kernels and Paddle's matmuls (what llama-model's configure_runtime sets).
+# Paddle sets OMP_NUM_THREADS=1 at import unless it is already set: set it first. Then llama_ops
+# before paddle: it is what loads Paddle, so it applies the runtime settings just before (libgomp
+# not spinning between the fused kernels and Paddle's matmuls; MKL's fast path on AMD CPUs).
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
-os.environ.setdefault("GOMP_SPINCOUNT", "0")
 
+import llama_ops  # noqa: E402, I001
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
-
-import llama_ops  # noqa: E402
 
 paddle.set_num_threads(ARGS.threads) if hasattr(paddle, "set_num_threads") else None
 

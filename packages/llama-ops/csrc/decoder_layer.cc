@@ -308,10 +308,8 @@ PD_BUILD_OP(fused_norm_head)
     .SetInferShapeFn(PD_INFER_SHAPE(llama_ops::NormHeadInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(llama_ops::NormHeadInferDtype));
 
-// Which GEMM the kernels above use in this process so far: "mkl", "paddle" (its matmul), or
-// "unresolved" before their first call; for llama_ops._library.gemm_backend.
+// Which GEMM the kernels above use in this process: "mkl" or "paddle" (its matmul), resolved here
+// if no kernel has run yet (once per process: blas.h); for llama_ops._library.gemm_backend.
 extern "C" const char* llama_ops_gemm_backend() {
-  const llama_ops::SgemmLookup& state = llama_ops::sgemm_lookup();
-  if (state.found.load() != nullptr) return "mkl";
-  return state.lookups.load() > 0 ? "paddle" : "unresolved";
+  return llama_ops::find_sgemm() != nullptr ? "mkl" : "paddle";
 }

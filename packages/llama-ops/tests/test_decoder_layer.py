@@ -1,12 +1,14 @@
 """The inference kernels fused_decoder_layer and fused_norm_head against a float64 numpy decoder layer
 written from the formulas (numpy_reference's norm, rotary and SwiGLU; attention over the cache
-spelled out): a prefill of left-padded prompts, then steps over the cache, grouped-query and
-multi-head, through MKL's GEMM and through Paddle's matmul (LLAMA_OPS_BLAS=paddle, in a subprocess:
-the choice is made once per process)."""
+spelled out): a prefill of left-padded prompts, then steps over the cache (the output and both
+caches checked at each), grouped-query and multi-head, through each GEMM backend this Paddle offers:
+MKL's where its wheel ships it, and Paddle's matmul (LLAMA_OPS_BLAS=paddle) everywhere. The backend
+is chosen once per process, so the one this process does not run is tested in a subprocess."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -24,6 +26,13 @@ MIN = float(np.finfo(np.float32).min)
 # |difference| 4.8e-7 of the largest |value| (prefill and 4 steps; the same through Paddle's matmul). The
 # bound fails (tried) for a scale of 1/d instead of 1/sqrt(d), and for a mask read one slot off.
 RTOL = 3e-6
+
+# The GEMM this process's kernels must use: MKL's where Paddle's wheel ships its MKL (x86 wheels:
+# libmklml_intel.so beside Paddle's libraries), unless LLAMA_OPS_BLAS=paddle; Paddle's matmul
+# otherwise. OTHER: the backend left to test in a subprocess (None where there is no MKL).
+MKL_SHIPPED = (Path(paddle.__file__).parent / "libs" / "libmklml_intel.so").exists()
+BACKEND = "mkl" if MKL_SHIPPED and os.environ.get("LLAMA_OPS_BLAS") != "paddle" else "paddle"
+OTHER = "paddle" if BACKEND == "mkl" else ("mkl" if MKL_SHIPPED else None)
 
 
 def reference_layer(x, w, cos, sin, positions, mask_of, keys, values, start, s, heads):
@@ -137,9 +146,8 @@ def test_prefill_then_steps_match_the_reference(heads):
         )  # fmt: skip
         close(got, want)
         close(got_k, keys)
-    # MKL's GEMM where Paddle's wheel ships it (this suite's x86 wheel does), unless told otherwise
-    expected = "paddle" if os.environ.get("LLAMA_OPS_BLAS") == "paddle" else "mkl"
-    assert gemm_backend() == expected
+        close(got_v, values)
+    assert gemm_backend() == BACKEND
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["head", "tied-embedding"])
@@ -154,6 +162,7 @@ def test_norm_head_matches_the_reference(tied):
     )  # fmt: skip
     assert got.dtype == paddle.float32 and list(got.shape) == [3, 100]
     close(got.numpy(), want)
+    assert gemm_backend() == BACKEND
 
 
 def test_a_cache_overrun_is_refused():
@@ -171,10 +180,13 @@ def test_a_cache_overrun_is_refused():
         )  # fmt: skip
 
 
-def test_paddles_matmul_gives_the_same_numbers():
-    """The GEMM behind the kernels is MKL's when Paddle's wheel ships it; LLAMA_OPS_BLAS=paddle takes
-    Paddle's matmul instead (the path of builds without MKL): same tests, same bound."""
-    env = {**os.environ, "LLAMA_OPS_BLAS": "paddle"}
+@pytest.mark.skipif(OTHER is None, reason="this Paddle ships no MKL: Paddle's matmul only (above)")
+def test_the_other_gemm_backend_gives_the_same_numbers():
+    """The same tests and bound through the backend this process does not use: Paddle's matmul (the
+    path of builds without MKL) when this process runs MKL's, MKL's when LLAMA_OPS_BLAS=paddle."""
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_OPS_BLAS"}
+    if OTHER == "paddle":
+        env["LLAMA_OPS_BLAS"] = "paddle"
     here = os.path.dirname(os.path.abspath(__file__))
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
@@ -183,3 +195,25 @@ def test_paddles_matmul_gives_the_same_numbers():
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     assert "4 passed" in done.stdout
+
+
+# A fresh process whose first Paddle matrix product is the kernels' own: Paddle has not loaded its
+# MKL when they first need a GEMM. That first call already runs on MKL (resolved once, after making
+# Paddle load it); the lookup used to fail there, take Paddle's matmul, and give up after two calls.
+_FIRST_CALL = """
+import numpy as np, paddle
+from llama_ops import fused
+from llama_ops._library import gemm_backend
+x, norm, w = (paddle.to_tensor(np.ones(s, "float32")) for s in ((2, 8), (8,), (8, 4)))
+fused.norm_head(x, norm, w, eps=1e-6, transposed_weight=False)
+print(gemm_backend())
+"""
+
+
+@pytest.mark.skipif(BACKEND != "mkl", reason="MKL is not this process's backend here")
+def test_kernels_called_before_paddles_first_matmul_still_use_mkl():
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "mkl"

@@ -49,6 +49,7 @@ def test_sharded_inputs_run_the_kernels_locally_and_match_dense(tmp_path):
             "rms_norm_hidden_split",
             "swiglu",
             "causal_softmax",
+            "rope_batch_of_one",
         }
         # Measured: the kernels differ from the fallback by at most 2e-6 on these inputs (float32
         # rounding of a different summation order); the row-split rms_norm weight gradient labelled
@@ -59,6 +60,7 @@ def test_sharded_inputs_run_the_kernels_locally_and_match_dense(tmp_path):
         if llama_ops.backend().startswith("fused"):
             op_of = {"rope": "apply_rope", "rms_norm": "rms_norm", "swiglu": "swiglu"}
             op_of["causal_softmax"] = "causal_softmax"
+            op_of["rope_batch_of_one"] = "apply_rope"
             for case, op in op_of.items():
                 assert usage[case][op] == {"fused": 0, "local": 1, "fallback": 0}, (case, usage)
             assert usage["rms_norm_hidden_split"]["rms_norm"] == {
@@ -67,5 +69,8 @@ def test_sharded_inputs_run_the_kernels_locally_and_match_dense(tmp_path):
                 "fallback": 1,
             }
             assert report["reasons"]["rms_norm_hidden_split"] == {"rms_norm": "hidden axis sharded"}
+            # the batch of one (size-one axis over the size-one dp axis) labelled as Paddle labels
+            # it, the heads still split over mp
+            assert report["batch_of_one_placements"] == ["[Replicate(), Shard(dim=2)]"] * 2
         else:
             assert all(u[op]["local"] == 0 for u in usage.values() for op in u)

@@ -58,12 +58,15 @@ def worker_bare(steps: int, warmup: int, data: str) -> dict:
     import numpy as np
 
     from llama_data import GPTDataset
-    from llama_model import ParallelModel, Strategy, configure_runtime, preset
+    from llama_model import configure_runtime
 
     # As the trainer's worker does: the runtime settings before paddle loads (MKL's generic path on
     # AMD CPUs is ~3x slower, and MKL reads the setting when Paddle loads it). Importing paddle
-    # first made this loop slower than the trainer.
+    # first made this loop slower than the trainer; so did importing ParallelModel first (it loads
+    # Paddle: since llama-model applies the same settings then, only the order of this file).
     configure_runtime()
+    from llama_model import ParallelModel, Strategy, preset
+
     paddle = importlib.import_module("paddle")
 
     ds = GPTDataset(data, seq_len=T_SEQ, num_samples=1, split="1")
@@ -94,7 +97,7 @@ def worker_trainer(steps: int, warmup: int, data: str, out: str, to_static: bool
     prepared = prepare(resolve({}, flags))
     start = time.perf_counter()
     try:
-        run_worker(prepared.cfg)
+        run_worker(prepared.run)
     finally:
         prepared.lock.release()
     total = time.perf_counter() - start

@@ -73,14 +73,3 @@ def job_args(tiny_corpus):
     """A job that trains until it is stopped (many epochs of the tiny corpus, no periodic save)."""
     return [*TINY, "--data", tiny_corpus, "--micro-batch-size", "2", "--max-epochs", "100",
             "--max-steps", "50000", "--save-every", "0"]  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-    """GPU tests (marked gpu) run only when asked for by marker: ``pytest -m gpu`` or
-    ``nox -s tests_gpu``; a plain run deselects them (they fail, by design, without a GPU)."""
-    if "gpu" in (config.option.markexpr or ""):
-        return
-    gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

@@ -140,3 +140,36 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert (ckpts / "latest").read_text().strip() == "step-00000001"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-00000001"]
     assert np.isfinite(losses(out)[1])
+
+
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        (["--sequence-parallel"],
+         "--sequence-parallel: sequence_parallel splits over mp and needs mp > 1"),
+        (["--strategy", "mp2", "--sequence-parallel"],
+         "--sequence-parallel: sequence_parallel needs a GPU: it reduce-scatters activations, "
+         "which Paddle 3.3.1 lacks on CPU"),
+        (["--sharding-stage", "1"],
+         "--sharding-stage: sharding_stage shards over dp and needs dp > 1"),
+        (["--strategy", "dp2", "--sharding-stage", "4"],
+         "--sharding-stage: sharding_stage must be 0, 1, 2 or 3, got 4"),
+        (["--strategy", "dp2", "--sharding-stage", "2"],
+         "--sharding-stage: sharding_stage 2 needs a GPU: it reduce-scatters gradients, which "
+         "Paddle 3.3.1 lacks on CPU"),
+        (["--pp-schedule", "VPP", "--virtual-pp-degree", "2"],
+         "--pp-schedule: the VPP schedule interleaves pipeline stages and needs pp > 1"),
+        (["--strategy", "pp2", "--pp-schedule", "VPP"],
+         "--pp-schedule: the VPP schedule needs virtual_pp_degree ≥ 2 (chunks per rank)"),
+        (["--strategy", "pp2", "--virtual-pp-degree", "2"],
+         "--virtual-pp-degree: virtual_pp_degree 2 needs the VPP schedule (schedule is 1F1B)"),
+        (["--strategy", "dp2zz"],
+         "--strategy: cannot parse strategy 'dp2zz': expected axes dp/mp/pp each followed by a "
+         "degree, optionally separated by '-', '_' or 'x', e.g. 'dp2mp2pp2'"),
+    ],
+)  # fmt: skip
+def test_each_layout_option_is_named_in_its_refusal(base, extra, line):
+    """--pp-schedule, --sequence-parallel and --sharding-stage used to be refused as
+    "--strategy: ..."; each refusal names its own option."""
+    code, lines = invoke([*base, *extra])
+    assert code == 2 and lines == [f"Error: {line}"], lines

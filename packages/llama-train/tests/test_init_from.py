@@ -59,23 +59,92 @@ def hf_dir(tmp_path_factory):
     return path
 
 
-def _train_once(tiny_corpus, out, init, strategy, *extra):
+def _train_once(tiny_corpus, out, init, strategy, *extra, reads=None):
+    """One step from ``init``; ``reads``: a directory where each rank records the bytes it read
+    of the weights (``LLAMA_TRAIN_RECORD_INIT_READS``)."""
+    # The default micro-batch of one sample: under mp2 and pp2 (dp1) a batch axis of size one
+    # reaches llama-ops' kernels, which once broke the first backward there.
     args = ["--init-from", init, "--tokenizer", "byte", "--data", tiny_corpus, "--output", out,
-            "--strategy", strategy, "--seq-len", "32", "--micro-batch-size", "2",
-            "--global-batch-size", "8", "--max-steps", "1", "--eval-every", "0", *ZERO_LR, *extra]  # fmt: skip
-    result = run_cli(args, timeout=400)
+            "--strategy", strategy, "--seq-len", "32", "--global-batch-size", "8", "--max-steps", "1", "--eval-every", "0", *ZERO_LR, *extra]  # fmt: skip
+    env = {"LLAMA_TRAIN_RECORD_INIT_READS": str(reads)} if reads else None
+    result = run_cli(args, timeout=400, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+# What a rank may read beyond its tensors' bytes and the files' headers and index (/proc/self/io
+# counts every read of the process): for each safetensors file, the rest of the one buffer that
+# Python's buffered reader fetches with its header (io.DEFAULT_BUFFER_SIZE, 8 KiB, at most), and
+# 1 KiB for the counter's own reads of /proc/self/io. Measured under every layout here (10 shards
+# on a 4 KiB-block tmpfs): 36,910 bytes beyond the headers and index, all in the opening.
+BUFFER_SLACK, COUNTER_SLACK = 8 << 10, 1 << 10
+_REPLICATED = ("model.embed_tokens.weight", "input_layernorm.weight",
+               "post_attention_layernorm.weight", "model.norm.weight")  # fmt: skip
+
+
+def _shares(directory, strategy: str) -> tuple[dict[int, int], int, int]:
+    """Each rank's share of the tensor bytes of an hf directory (its stage's tensors; of each
+    the 1/mp slice, the embedding and the norms whole: they are replicated over mp), the bytes
+    of the headers and the index every rank reads with their slack, and the bytes of all
+    tensors."""
+    import struct
+
+    from llama_model import Strategy
+
+    s = Strategy.parse(strategy)
+    layers = s.layer_split(HF_CONFIG["num_hidden_layers"])
+    tensors, headers = {}, (directory / "model.safetensors.index.json").stat().st_size
+    for shard in directory.glob("*.safetensors"):
+        with open(shard, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        headers += 8 + n + BUFFER_SLACK
+        header.pop("__metadata__", None)
+        tensors.update({k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()})
+
+    def stage_of(name: str) -> int:
+        if name.startswith("model.layers."):
+            layer = int(name.split(".")[2])
+            return next(i for i, r in enumerate(layers) if layer in r)
+        return 0 if name.startswith("model.embed_tokens") else s.pp - 1
+
+    shares = {}
+    for rank in range(s.world_size):
+        stage, _, _ = s.coordinates(rank)
+        shares[rank] = sum(
+            size if name.endswith(_REPLICATED) else size // s.mp
+            for name, size in tensors.items()
+            if stage_of(name) == stage
+        )
+    return shares, headers + COUNTER_SLACK, sum(tensors.values())
+
+
+def _assert_reads_bounded(reads, directory, strategy: str) -> None:
+    """Each rank read at least its share of the tensor bytes, at most that plus the headers and
+    index and their slack, and, where the layout splits the model, less than the tensors of the
+    whole model."""
+    from llama_model import Strategy
+
+    shares, headers, whole = _shares(directory, strategy)
+    recorded = {}
+    for path in reads.glob("rank-*.json"):
+        record = json.loads(path.read_text())
+        recorded[record["rank"]] = record["opening"] + record["filling"]
+    assert sorted(recorded) == sorted(shares), recorded
+    for rank, read in recorded.items():
+        assert shares[rank] <= read <= shares[rank] + headers, (rank, read, shares[rank], headers)
+        if Strategy.parse(strategy).mp * Strategy.parse(strategy).pp > 1:
+            assert read < whole, (rank, read, whole)
 
 
 def _reference_loss(out, bf16_weights: bool = False) -> float:
     """transformers' mean token loss on the run's first global batch."""
     import torch
 
+    from llama_train import RunRecord
     from llama_train.data import TrainData
-    from llama_train.options import RunConfig
 
-    input_ids, labels = TrainData(RunConfig.read(str(out / "run_config.json")), rank=0).batch(0)
+    input_ids, labels = TrainData(RunRecord.read(str(out / "run_config.json")), rank=0).batch(0)
     with torch.no_grad():
         logits = _hf_model(bf16_weights)(torch.as_tensor(np.asarray(input_ids))).logits
         return float(
@@ -107,7 +176,7 @@ def _check_run(out, source_dir, tmp_path, reference, layout="hf", dtype=None):
     exported = tmp_path / f"export-{out.name}"
     export(str(step), str(exported), layout=layout, dtype=dtype)
     _assert_same_bits(exported, source_dir)
-    recorded = json.loads((out / "run_config.json").read_text())["init_source"]
+    recorded = json.loads((out / "run_config.json").read_text())["resolved"]["init_source"]
     assert recorded == json.loads((step / "trainer_state.json").read_text())["init_from"]
     assert recorded["layout"] == layout and recorded["digest"].startswith("sha256:")
     return loss
@@ -117,9 +186,11 @@ def _check_run(out, source_dir, tmp_path, reference, layout="hf", dtype=None):
 @pytest.mark.parametrize("strategy", ["dp1", "mp2", "pp2", "dp2mp2pp2"])
 def test_hf_directory_under_each_layout(strategy, hf_dir, tiny_corpus, tmp_path):
     out = tmp_path / strategy
-    result = _train_once(tiny_corpus, out, hf_dir, strategy)
+    result = _train_once(tiny_corpus, out, hf_dir, strategy, reads=tmp_path / "reads")
     assert f"starting from the weights of {hf_dir} (hf layout)" in result.stdout
     _check_run(out, hf_dir, tmp_path, _reference_loss(out))
+    # every rank reads only its shards: its stage's tensors, of those its mp slice
+    _assert_reads_bounded(tmp_path / "reads", hf_dir, strategy)
 
 
 @pytest.mark.dist
@@ -175,7 +246,7 @@ def test_resume_ignores_init_from(hf_dir, tiny_corpus, tmp_path):
     assert "--init-from ignored: resuming from" in result.stdout
     assert "resumed from" in result.stdout and sorted(losses(out)) == [1, 2]
     record = json.loads((out / "run_config.json").read_text())
-    assert record["init_source"] is None
+    assert record["resolved"]["init_source"] is None
     # The checkpoint keeps saying where the run's weights came from.
     state = json.loads((out / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     assert state["init_from"]["path"] == str(hf_dir)
@@ -279,3 +350,51 @@ def test_bad_weights_are_refused_before_launch(hf_dir, tiny_corpus, tmp_path):
     shutil.copy(hf_dir / "config.json", hostile)
     refused(hostile, message="refusing to load")
     assert not marker.exists()
+
+
+def test_a_directory_with_safetensors_and_a_pdparams_is_refused(tiny_corpus, tmp_path):
+    """Both formats in one model directory: llama-ckpt-tools would read the safetensors and never
+    say so. Refused in one line naming both, and how to choose: the file itself as --init-from
+    (one of each), or the .pdparams moved out (sharded safetensors)."""
+    from safetensors.numpy import save_file
+
+    from llama_train.cli import main
+
+    def refused(init):
+        args = ["--init-from", init, "--tokenizer", "byte", "--data", tiny_corpus, "--output",
+                tmp_path / "out", "--seq-len", "32", "--max-steps", "1"]  # fmt: skip
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert not (tmp_path / "out").exists()
+        return lines[0]
+
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "config.json").write_text(json.dumps(HF_CONFIG))
+    save_file({"lm_head.weight": np.zeros((2, 2), np.float32)}, str(both / "model.safetensors"))
+    with open(both / "model.pdparams", "wb") as fh:
+        pickle.dump({"lm_head.weight": np.zeros((2, 2), np.float32)}, fh, protocol=4)
+    assert refused(both) == (
+        f"Error: --init-from {both} holds both safetensors weights (model.safetensors) and "
+        f".pdparams weights (model.pdparams): pass the file to start from: --init-from "
+        f"{both}/model.safetensors or --init-from {both}/model.pdparams (its config.json is "
+        "read all the same)"
+    )
+    # the file itself is taken as it is (and then checked: these weights are not the model's)
+    assert "holds both" not in refused(both / "model.safetensors")
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text(json.dumps(HF_CONFIG))
+    for i in (1, 2):
+        save_file(
+            {f"w{i}": np.zeros(2, np.float32)}, str(sharded / f"model-0000{i}-of-00002.safetensors")
+        )
+    (sharded / "model.pdparams").write_bytes((both / "model.pdparams").read_bytes())
+    assert refused(sharded) == (
+        f"Error: --init-from {sharded} holds both safetensors weights (model-00001-of-00002"
+        ".safetensors, model-00002-of-00002.safetensors) and .pdparams weights (model.pdparams): "
+        f"move model.pdparams out of it to start from the safetensors, or pass --init-from "
+        f"{sharded}/model.pdparams"
+    )

@@ -141,7 +141,7 @@ def test_two_ranks_profile_and_report_memory(tiny_corpus, tmp_path):
     last = read_metrics(str(out))[-1]
     assert len(last["peak_memory_gib_per_rank"]) == 2
     # The run's one Strategy, as every rank read it; rank 0's lines as the launcher relayed them.
-    parallel = json.loads((out / "run_config.json").read_text())["parallel"]
+    parallel = json.loads((out / "run_config.json").read_text())["resolved"]["parallel"]
     assert (parallel["dp"], parallel["mp"], parallel["pp"], parallel["micro_batches"]) == (
         2,
         1,
@@ -198,3 +198,12 @@ def test_heartbeat_speaks_only_for_long_work():
         time.sleep(1.0)
     assert lines[0] == "progress: slow work... 0 s"
     assert 2 <= len(lines) <= 6 and lines[-1].startswith("progress: slow work: done in 1.")
+
+
+def test_the_kernels_line_says_llama_ops_is_switched_off(tiny_corpus, tmp_path):
+    """With LLAMA_MODEL_NO_OPS=1 the primitives are plain Paddle because they were switched off,
+    installed or not; the line used to say "llama-ops not installed"."""
+    result = _train(tiny_corpus, tmp_path / "run", "--max-steps", "2", "--save-every", "0",
+                    env={"LLAMA_MODEL_NO_OPS": "1"})  # fmt: skip
+    kernels = [line for line in result.stdout.splitlines() if line.startswith("kernels: ")]
+    assert kernels == ["kernels: plain Paddle (llama-ops switched off by LLAMA_MODEL_NO_OPS)"]

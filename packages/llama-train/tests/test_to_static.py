@@ -14,16 +14,16 @@ OPTS = [*TINY, *STEPS, "--clip-grad", "0.5", "--weight-decay", "0.1", "--eval-ev
         "--eval-iters", "2"]  # fmt: skip
 
 
-def _weight_tolerance() -> float:
-    """With llama-ops installed the eager step runs its fused kernels while the compiled step's dist
-    tensors take their fallback: after 6 steps the weights differ by up to 1.6e-5 (measured) instead
-    of a few 1e-7."""
+def _tolerances() -> tuple[float, float]:
+    """(gradient norm, weights). With llama-ops installed the eager step runs its fused kernels
+    while the compiled step's dist tensors take their fallback: after 6 steps the gradient norms
+    differ by up to 1.3e-5 and the weights by up to 1.6e-5 (measured), instead of a few 1e-7."""
     from llama_model import kernel_backend
 
-    return 1e-5 if kernel_backend() == "paddle" else 3e-5
+    return (1e-5, 1e-5) if kernel_backend() == "paddle" else (3e-5, 3e-5)
 
 
-WEIGHT_TOLERANCE = _weight_tolerance()
+NORM_TOLERANCE, WEIGHT_TOLERANCE = _tolerances()
 
 
 def records(output, split):
@@ -56,14 +56,15 @@ def eager_and_compiled(tiny_corpus, tmp_path_factory):
 
 def test_compiled_step_equals_eager_step(eager_and_compiled):
     """Losses, gradient norms (logged before clipping), valid losses and the final weights and AdamW
-    moments equal the eager run's within 1e-5."""
+    moments equal the eager run's: the losses within 1e-5, the norms within NORM_TOLERANCE, the
+    weights and moments within WEIGHT_TOLERANCE."""
     _, eager, compiled = eager_and_compiled
     want, got = records(eager, "train"), records(compiled, "train")
     assert sorted(got) == sorted(want) == list(range(1, 7))
     assert all(r["grad_norm"] > 0.5 for r in want.values())  # clipping acted on every step
     for step in want:
         assert abs(got[step]["loss"] - want[step]["loss"]) <= 1e-5, step
-        assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= 1e-5, step
+        assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= NORM_TOLERANCE, step
     want_valid, got_valid = records(eager, "valid"), records(compiled, "valid")
     assert sorted(got_valid) == sorted(want_valid) == [3, 6]
     for step in want_valid:
@@ -110,7 +111,7 @@ def test_checkpoints_move_between_eager_and_compiled(
     for step in got:
         assert abs(got[step] - want[step]) <= 1e-5, (step, got[step], want[step])
     config = json.loads((tmp_path / "r" / "run_config.json").read_text())
-    assert config["to_static"] == bool(resumed_with)
+    assert config["training"]["to_static"] == bool(resumed_with)
 
 
 def test_compiled_recompute_equals_eager(eager_and_compiled, tmp_path):
@@ -122,4 +123,4 @@ def test_compiled_recompute_equals_eager(eager_and_compiled, tmp_path):
     assert sorted(got) == list(range(1, 7))
     for step in got:
         assert abs(got[step]["loss"] - want[step]["loss"]) <= 1e-5, step
-        assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= 1e-5, step
+        assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) <= NORM_TOLERANCE, step

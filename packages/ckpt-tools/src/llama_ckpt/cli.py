@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import dtypes, layouts
-from .clikit import HELP_OPTIONS, user_errors
+from .clikit import HELP_OPTIONS, Group, user_errors
 from .describe import describe, format_text, human_bytes
 from .errors import CheckpointError
 from .export import export
@@ -35,7 +35,7 @@ def _source_options(fn):
     return click.option("--prefix", default=None, help=PREFIX_HELP)(fn)
 
 
-@click.group(context_settings=HELP_OPTIONS)
+@click.group(cls=Group, context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="llama-ckpt")
 def main() -> None:
     """Merge, convert, inspect and compare LLaMA checkpoints saved by Paddle, without Paddle."""

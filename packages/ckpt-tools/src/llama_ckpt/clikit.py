@@ -1,9 +1,9 @@
-"""What the project's commands share: exit codes, the one-line error, a default sub-command, and
-third-party warnings kept off the user's terminal.
+"""What the project's commands share: exit codes, the one-line error (usage errors included), a
+default sub-command, and third-party warnings kept off the user's terminal.
 
 ``llama-ckpt``, ``llama-train`` and ``llama-infer`` use this module (both upper packages depend on
-this one); ``llama-data`` depends on nothing of the project and keeps the same codes itself. The
-codes are documented in the root README::
+this one); ``llama-data`` depends on nothing of the project and keeps the same codes and the same
+one-line usage errors itself. The codes are documented in the root README::
 
     0  done            1  a crash, or a job stopped by a rank's failure
     2  a user's mistake (bad option, unreadable input, refused checkpoint): one line on stderr
@@ -66,7 +66,53 @@ def user_errors(types: Callable[[], tuple[type[BaseException], ...]]):
     return decorate
 
 
-class DefaultCommandGroup(click.Group):
+def one_line_usage_error(
+    exc: click.UsageError, command_path: str, help_names: list[str] | tuple[str, ...] = ()
+) -> Failure:
+    """A usage error (unknown option, missing argument, bad value) as one ``Error:`` line, exit
+    code 2, with the help hint click would print on lines of its own folded in (click prints the
+    usage, the hint, a blank line and the error). ``command_path`` and ``help_names`` are used
+    where the error carries no context (click raises some parse errors without one)."""
+    message = " ".join(exc.format_message().split())
+    if exc.ctx is not None:
+        command_path, help_names = exc.ctx.command_path, exc.ctx.help_option_names
+    if help_names:
+        end = "" if message.endswith((".", "?", "!")) else "."
+        message += f"{end} Try '{command_path} {max(help_names, key=len)}'."
+    return Failure(message, EXIT_USER_ERROR)
+
+
+# click >= 8.2 signals "no arguments: show the help" with a UsageError; the help stays whole.
+_HELP_ON_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class Group(click.Group):
+    """A command group whose usage errors, its own and its sub-commands', are one ``Error:`` line
+    (``one_line_usage_error``): the groups of llama-ckpt, llama-train and llama-infer."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:  # the group's own options (sub-commands parse theirs inside invoke)
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _HELP_ON_NO_ARGS:
+            raise
+        except click.UsageError as exc:
+            path = f"{parent.command_path} {info_name}" if parent else info_name or ""
+            names = extra.get("help_option_names") or self.context_settings.get(
+                "help_option_names", ["--help"]
+            )
+            raise one_line_usage_error(exc, path, names) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _HELP_ON_NO_ARGS:
+            raise
+        except click.UsageError as exc:
+            path = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            raise one_line_usage_error(exc, path, ctx.help_option_names) from None
+
+
+class DefaultCommandGroup(Group):
     """A group that runs ``default_command`` when the first argument names none of its commands:
     ``llama-train --strategy ...`` is ``llama-train run --strategy ...``. With no argument at all
     it shows its own help, and ``--help``/``--version`` stay the group's."""

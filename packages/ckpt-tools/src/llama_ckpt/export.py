@@ -16,14 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dtypes, layouts
+from . import dtypes, hf_files, layouts
 from .atomic import atomic_output, check_destination
 from .errors import CheckpointError
 from .progress import bar
 from .safetensors_io import SafetensorsWriter
 from .sources import INDEX, Canonical, open_source
 
-TOKENIZER_FILES = (
+# Copied from beside config.json when there: the tokenizer's files and generation defaults.
+COPIED_FILES = (
+    "generation_config.json",
     "tokenizer.json",
     "tokenizer.model",
     "tokenizer_config.json",
@@ -209,6 +211,7 @@ def export(
     tensors = _plan(source, layout, cast_to, tied)
     if not tensors:
         raise CheckpointError(f"{src} holds no tensor")
+    written = _hf_files(os.path.dirname(cfg_path), cfg) if layout == layouts.HF else {}
     shards = split_by_count(tensors, split_num) if split_num else split_by_size(tensors, max_bytes)
     files = shard_names(len(shards))
     total = sum(t.nbytes for t in tensors)
@@ -236,11 +239,32 @@ def export(
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _write_json(os.path.join(tmp, INDEX), index)
         _write_json(os.path.join(tmp, "config.json"), _out_config(cfg, layout, tensors))
-        for name in TOKENIZER_FILES:
+        for name in COPIED_FILES:
             found = os.path.join(os.path.dirname(cfg_path), name)
             if os.path.isfile(found):
                 shutil.copyfile(found, os.path.join(tmp, name))
+        for name, content in written.items():
+            _write_json(os.path.join(tmp, name), content)
     return ExportResult(out_dir, files, len(tensors), total)
+
+
+def _hf_files(directory: str, cfg: dict) -> dict[str, dict]:
+    """``tokenizer_config.json`` and ``generation_config.json`` for an hf export, each unless
+    ``directory`` (beside the source's config.json) has its own, which is copied instead."""
+    tokens = hf_files.special_tokens(directory)
+    out = {}
+    if tokens is not None and not os.path.isfile(
+        os.path.join(directory, hf_files.TOKENIZER_CONFIG)
+    ):
+        max_length = cfg.get("max_position_embeddings")
+        out[hf_files.TOKENIZER_CONFIG] = hf_files.tokenizer_config(
+            tokens, max_length if isinstance(max_length, int) else None
+        )
+    if not os.path.isfile(os.path.join(directory, hf_files.GENERATION_CONFIG)):
+        ids = hf_files.generation_config(tokens, cfg)
+        if ids:
+            out[hf_files.GENERATION_CONFIG] = ids
+    return out
 
 
 def _write_one(source: Canonical, t: OutTensor, layout: str, writer: SafetensorsWriter) -> None:

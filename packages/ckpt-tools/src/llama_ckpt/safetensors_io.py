@@ -35,7 +35,11 @@ class Entry:
 
 
 def read_header(path: str) -> tuple[list[Entry], dict[str, str]]:
-    """The tensors of a safetensors file (in data order) and its `__metadata__`."""
+    """The tensors of a safetensors file (in data order) and its `__metadata__`.
+
+    The header is checked as the `safetensors` library checks it: every tensor's byte count is its
+    dtype's size times its shape, and the tensors' `data_offsets`, sorted, tile the data section
+    exactly (from 0 to the end of the file, no gap, no overlap: two names never share bytes)."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -45,31 +49,83 @@ def read_header(path: str) -> tuple[list[Entry], dict[str, str]]:
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER or 8 + n > size:
                 raise CheckpointError(f"{path}: not a safetensors file or truncated header")
-            header = json.loads(f.read(n))
+            header = json.loads(f.read(n), object_pairs_hook=_no_duplicate_keys)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: not a safetensors file (bad header)") from None
+    except _DuplicateKey as e:
+        raise CheckpointError(f"{path}: the header names {e.args[0]!r} twice") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (bad header)")
     metadata = header.pop("__metadata__", None) or {}
-    entries = []
     data_start = 8 + n
+    spans = []
     for name, spec in header.items():
         try:
             dt = dtypes.from_safetensors(spec["dtype"])
-            shape = tuple(int(d) for d in spec["shape"])
-            begin, end = (int(x) for x in spec["data_offsets"])
+            shape = tuple(_count(d) for d in spec["shape"])
+            begin, end = (_count(x) for x in spec["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
+        if end < begin:
+            raise CheckpointError(
+                f"{path}: {name!r} has data_offsets [{begin}, {end}], which end before they begin"
+            )
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        if end - begin != nbytes or begin < 0:
-            raise CheckpointError(f"{path}: {name!r} has {end - begin} bytes, expected {nbytes}")
-        if data_start + end > size:
+        if end - begin != nbytes:
+            raise CheckpointError(
+                f"{path}: {name!r} has {end - begin} bytes, expected {nbytes} "
+                f"({dt.name} {list(shape)})"
+            )
+        spans.append((begin, end, name, dt, shape))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    data_size = size - data_start
+    entries = []
+    at, previous = 0, None
+    for begin, end, name, dt, shape in spans:
+        if begin != at:
+            where = (
+                f"overlaps {previous!r} (which ends at byte {at})"
+                if begin < at
+                else f"leaves bytes {at}-{begin} unclaimed"
+                + (f" after {previous!r}" if previous else "")
+            )
+            raise CheckpointError(
+                f"{path}: {name!r} starts at byte {begin} of the data and {where}; "
+                "each tensor must have bytes of its own, back to back"
+            )
+        if end > data_size:
             raise CheckpointError(f"{path}: file is truncated ({name!r} runs past the end)")
-        entries.append(Entry(name, dt, shape, data_start + begin, nbytes))
-    entries.sort(key=lambda e: e.offset)
+        entries.append(Entry(name, dt, shape, data_start + begin, end - begin))
+        at, previous = end, name
+    if at != data_size:
+        raise CheckpointError(
+            f"{path}: {data_size - at} bytes after the last tensor"
+            + (f" ({previous!r})" if previous else "")
+            + " that no tensor claims"
+        )
     return entries, metadata
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _count(value: object) -> int:
+    """A non-negative JSON integer (not a float, not a bool), as the format requires."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
 
 
 def read_tensor(path: str, entry: Entry) -> np.ndarray:

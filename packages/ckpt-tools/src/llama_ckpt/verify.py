@@ -8,11 +8,13 @@ compared as float64 (`|a - b| <= atol + rtol * |b|`, NaN equal to NaN), dtypes m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import dtypes
+from .errors import CheckpointError
 from .sources import Canonical, open_source
 
 _CHUNK = 1 << 22  # elements compared at a time in float64
@@ -75,6 +77,9 @@ def compare(
     prefix: str | None = None,
     unique_id: int | None = None,
 ) -> Comparison:
+    for option, value in (("rtol", rtol), ("atol", atol)):
+        if not (math.isfinite(value) and value >= 0):  # inf would call any two tensors equal
+            raise CheckpointError(f"{option} must be a finite number >= 0, got {value}")
     a = Canonical(open_source(path_a, prefix=prefix, unique_id=unique_id))
     b = Canonical(open_source(path_b, prefix=prefix, unique_id=unique_id))
     names_b = set(b.names())

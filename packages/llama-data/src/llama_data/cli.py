@@ -15,14 +15,43 @@ class _UserError(click.ClickException):
     exit_code = 2
 
 
+def _one_line_usage_error(exc: click.UsageError) -> _UserError:
+    """A usage error (unknown option, missing argument, bad value) as one ``Error:`` line, the help
+    hint folded in, instead of click's usage, hint, blank line and error. The same rule as the other
+    commands' (llama-ckpt-tools' ``clikit``, which this package does not depend on)."""
+    message = " ".join(exc.format_message().split())
+    ctx = exc.ctx
+    if ctx is not None and ctx.help_option_names:
+        end = "" if message.endswith((".", "?", "!")) else "."
+        message += f"{end} Try '{ctx.command_path} {max(ctx.help_option_names, key=len)}'."
+    return _UserError(message)
+
+
+# click >= 8.2 signals "no arguments: show the help" with a UsageError; the help stays whole.
+_HELP_ON_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(click.Group):
-    """Turns a DataError raised by any subcommand into ``Error: <message>`` and exit code 2."""
+    """Turns a DataError raised by any subcommand into ``Error: <message>`` and exit code 2, and a
+    usage error (the group's or a subcommand's) into one such line."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _HELP_ON_NO_ARGS:
+            raise
+        except click.UsageError as exc:
+            raise _one_line_usage_error(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except DataError as exc:
             raise _UserError(str(exc)) from None
+        except _HELP_ON_NO_ARGS:
+            raise
+        except click.UsageError as exc:
+            raise _one_line_usage_error(exc) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -255,21 +255,55 @@ def is_tiktoken_file(path: Path) -> bool:
 
 
 def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """The ``token -> rank`` table of a tiktoken file, checked: every token and every rank once,
+    the ranks 0 to N-1 without a gap (the special tokens take the ids from N on), and every single
+    byte a token (tiktoken encodes any text from those). tiktoken itself panics on a repeated rank
+    and on text with a byte it lacks, and takes a gap as ids past the vocabulary."""
     try:
         lines = path.read_bytes().splitlines()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    ranks = {}
+    ranks: dict[bytes, int] = {}
+    token_line: dict[bytes, int] = {}
+    rank_line: dict[int, int] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            token, rank = line.split()
-            ranks[base64.b64decode(token, validate=True)] = int(rank)
+            token, rank_text = line.split()
+            token = base64.b64decode(token, validate=True)
+            rank = int(rank_text)
         except (ValueError, binascii.Error):
             raise DataError(
                 f"{path}: line {number} is not 'base64-token rank' (tiktoken format)"
             ) from None
+        if token in token_line:
+            raise DataError(
+                f"{path}: line {number} lists token {token!r} again (first on line "
+                f"{token_line[token]})"
+            )
+        if rank in rank_line:
+            raise DataError(
+                f"{path}: line {number} gives rank {rank} again (first on line {rank_line[rank]}): "
+                "each token needs a rank of its own"
+            )
+        ranks[token] = rank
+        token_line[token] = rank_line[rank] = number
+    if not ranks:
+        raise DataError(f"{path}: no 'base64-token rank' line (tiktoken format)")
+    if max(rank_line) != len(ranks) - 1 or min(rank_line) != 0:
+        missing = next(r for r in range(len(ranks) + 1) if r not in rank_line)
+        raise DataError(
+            f"{path}: the ranks of its {len(ranks):,} tokens must run from 0 to {len(ranks) - 1:,} "
+            f"(the special tokens take the ids after them), but rank {missing:,} is missing and the "
+            f"largest is {max(rank_line):,}"
+        )
+    absent = [b for b in range(256) if bytes([b]) not in ranks]
+    if absent:
+        raise DataError(
+            f"{path}: byte 0x{absent[0]:02x} has no token ({len(absent)} of the 256 bytes lack "
+            "one): tiktoken needs every single byte to encode any text"
+        )
     return ranks
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -11,7 +12,12 @@ import click
 
 from llama_ckpt import CheckpointError
 from llama_ckpt.clikit import HELP_OPTIONS as HELP
-from llama_ckpt.clikit import default_command_group, quiet_third_party_warnings, user_errors
+from llama_ckpt.clikit import (
+    Failure,
+    default_command_group,
+    quiet_third_party_warnings,
+    user_errors,
+)
 from llama_data import DataError
 from llama_infer.errors import InferError
 from llama_infer.sampling import STRATEGIES
@@ -87,11 +93,41 @@ def run_interactive(gen, options: dict, tty: bool) -> None:
             click.echo()
 
 
-# Shared by generate and export, which read model weights the same way.
+class FiniteFloat(click.ParamType):
+    """A float option that refuses inf and nan at parsing (one line, exit 2): an infinite
+    temperature or penalty would turn every logit into 0 or -inf."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid float.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+FINITE_FLOAT = FiniteFloat()
+
+
+def _allow_pickle_is_gone(ctx, param, value):
+    if value:
+        raise Failure(
+            "--allow-pickle is gone (llama-infer 0.6.0 was the last to take it): a .pdparams is "
+            "read by llama-ckpt-tools' restricted reader, which runs no code, as a checkpoint's "
+            "pickles always were, so it loads without the option; drop it"
+        )
+
+
+# Shared by generate and export: the option that once let a .pdparams through, kept only to say so.
 ALLOW_PICKLE = click.option(
     "--allow-pickle",
     is_flag=True,
-    help="Allow a .pdparams (a pickle: loading one can run code; only for files you trust).",
+    hidden=True,
+    expose_value=False,
+    callback=_allow_pickle_is_gone,
 )
 
 
@@ -153,7 +189,7 @@ def main():
 @click.option(
     "--decode-strategy", type=click.Choice(STRATEGIES), default="greedy", show_default=True
 )
-@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--temperature", type=FINITE_FLOAT, default=1.0, show_default=True)
 @click.option(
     "--top-k",
     type=int,
@@ -162,9 +198,13 @@ def main():
     help="Keep the k most likely tokens (0: off).",
 )
 @click.option(
-    "--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (1.0: off)."
+    "--top-p",
+    type=FINITE_FLOAT,
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling mass (1.0: off).",
 )
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--repetition-penalty", type=FINITE_FLOAT, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--stop", multiple=True, help="Stop a completion at this string (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling draws.")
@@ -199,7 +239,7 @@ def main():
 def generate(
     model_path, tokenizer, prompt, input_file, output_file, interactive, decode_strategy, temperature,
     top_k, top_p, repetition_penalty, max_new_tokens, stop, seed, batch_size, dtype, add_bos, threads,
-    allow_pickle, stream,
+    stream,
 ):  # fmt: skip
     """Generate text with a LLaMA model (the default command).
 
@@ -238,7 +278,6 @@ def generate(
     gen = Generator(
         model_path,
         tokenizer,
-        allow_pickle=allow_pickle,
         dtype=dtype,
         add_bos=add_bos,
         threads=threads,
@@ -318,7 +357,7 @@ def _generate_all(gen, records: list[dict], batch_size: int, options: dict) -> l
 @click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
 @ALLOW_PICKLE
 @_user_errors
-def export(model_path, output, dtype, max_seq_len, tokenizer, portable, overwrite, allow_pickle):
+def export(model_path, output, dtype, max_seq_len, tokenizer, portable, overwrite):
     """Export a model's prefill and decode steps as Paddle inference programs.
 
     \b
@@ -333,7 +372,7 @@ def export(model_path, output, dtype, max_seq_len, tokenizer, portable, overwrit
     check_dtype(dtype)
     if os.path.exists(output) and not overwrite:
         raise InferError(f"{output} exists; remove it or pass --overwrite")
-    loaded = load_model(model_path, allow_pickle=allow_pickle, dtype=dtype)
+    loaded = load_model(model_path, dtype=dtype)
     manifest = export_model(
         loaded.model,
         output,

@@ -46,6 +46,7 @@ from llama_infer.manifest import (
     FORMAT_VERSION,
     MANIFEST,
     TOKENIZER_FILES,
+    file_sizes,
     io_specs,
 )
 from llama_infer.version import __version__
@@ -158,6 +159,7 @@ def export_model(
             "num_layers": config.num_hidden_layers,
             "custom_ops": list(CUSTOM_OPS) if fused else [],
             "programs": programs,
+            "files": file_sizes(tmp, programs),
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2)

@@ -64,6 +64,17 @@ def _tokenizer_default_bos(directory: str | None) -> bool:
         return False
 
 
+def _set_math_threads(threads: int) -> None:
+    """The threads of Paddle's eager CPU kernels, through llama-model's adapter of that Paddle
+    internal. An export directory served without llama-model leaves them as they are: the inference
+    engine takes its own (predictor.py)."""
+    try:
+        from llama_model.paddle_compat import settings
+    except ImportError:  # as _paddle.py: serving an export directory needs no llama-model
+        return
+    settings.set_math_threads(threads)
+
+
 class Generator:
     """Text generation from a model directory (or a training checkpoint, or a loaded model)."""
 
@@ -72,7 +83,6 @@ class Generator:
         model,
         tokenizer=None,
         *,
-        allow_pickle: bool = False,
         dtype: str | None = None,
         add_bos: bool | None = None,
         threads: int | None = None,
@@ -86,7 +96,7 @@ class Generator:
         threads of both paths, by default one per physical core this process may use."""
         if threads is None:  # one per physical core (threads.py); Paddle alone would use one
             threads = physical_cores()
-        paddle.base.core.set_num_threads(int(threads))
+        _set_math_threads(int(threads))
         directory = None
         if isinstance(model, str | os.PathLike) and is_export(os.fspath(model)):
             from llama_infer.predictor import StaticDecoder, read_export_config
@@ -109,9 +119,7 @@ class Generator:
             if isinstance(model, str | os.PathLike):
                 from llama_infer.loading import load_model
 
-                loaded = load_model(
-                    os.fspath(model), allow_pickle=allow_pickle, dtype=dtype or "float32"
-                )
+                loaded = load_model(os.fspath(model), dtype=dtype or "float32")
                 model, directory = loaded.model, loaded.directory
             model.eval()
             self.model = model

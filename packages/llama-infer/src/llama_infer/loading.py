@@ -8,12 +8,13 @@ Accepted inputs (what ``--model`` may name):
 - a training checkpoint directory (``*.metadata`` + ``*.distcp``, merged on the fly; a llama-train
   step directory only when complete), or a run's ``OUTPUT`` / ``OUTPUT/checkpoints`` directory,
   whose ``latest`` file names the checkpoint to read;
-- a ``.pdparams`` file (or a directory holding one) with ``config.json`` beside it, only when pickles
-  are allowed: a pickle can name code to run, safetensors cannot.
+- a ``.pdparams`` file (or a directory holding one) with ``config.json`` beside it.
 
 Reading is llama-model's (``llama_model.pretrained``, the code path ``llama-train --init-from``
-uses), through llama-ckpt-tools: no pickle is ever handed to ``pickle.load`` (its restricted reader
-resolves only numpy arrays), and every tensor is checked against the shape ``config.json`` implies
+uses), through llama-ckpt-tools: no pickle (a ``.pdparams``, a checkpoint's ``.distcp`` and
+``.metadata``) is ever handed to ``pickle.load``: its restricted reader resolves only numpy arrays
+and Paddle's metadata classes and refuses anything else before it runs, so a pickle needs no
+permission to be read. Every tensor is checked against the shape ``config.json`` implies
 before anything is loaded, so a mismatched directory fails in one line instead of deep in a matmul.
 """
 
@@ -37,20 +38,14 @@ class LoadedModel:
     layout: str  # "paddle" or "hf"
 
 
-def open_weights(path: str, allow_pickle: bool = False) -> PretrainedWeights:
-    """The weights at ``path``, opened (headers only), refusing pickles unless allowed."""
+def open_weights(path: str) -> PretrainedWeights:
+    """The weights at ``path``, opened (headers only)."""
     if not os.path.exists(path):
         raise InferError(f"model {path}: no such file or directory")
     try:
-        weights = PretrainedWeights.open(path)
+        return PretrainedWeights.open(path)
     except LlamaModelError as exc:
         raise InferError(f"model {exc}") from None
-    if weights.kind == "pdparams" and not allow_pickle:
-        raise InferError(
-            f"model {path}: .pdparams is a pickle, which can run code when loaded; pass --allow-pickle "
-            "if you trust it, or convert it with `llama-ckpt export` to safetensors"
-        )
-    return weights
 
 
 def read_config(directory: str) -> LlamaConfig:
@@ -63,9 +58,9 @@ def read_config(directory: str) -> LlamaConfig:
         raise InferError(f"{path}: {exc}") from None
 
 
-def load_model(path: str, allow_pickle: bool = False, dtype: str = "float32") -> LoadedModel:
+def load_model(path: str, dtype: str = "float32") -> LoadedModel:
     """Build the model of ``config.json`` and fill it from ``path``, checking every name and shape."""
-    weights = open_weights(path, allow_pickle)
+    weights = open_weights(path)
     config = read_config(weights.directory)
     try:
         weights.check(config)

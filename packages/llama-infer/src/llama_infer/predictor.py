@@ -56,9 +56,26 @@ def _predictor(directory: str, program: dict, threads: int | None):
         return paddle.inference.create_predictor(config)
     except Exception as exc:  # Paddle raises its own error types for unreadable programs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InferError(
-            f"{directory}/{program['program']}: Paddle cannot load it ({first})"
-        ) from None
+        where = _unloadable(directory, program, first)
+        raise InferError(f"{where}: Paddle cannot load it ({first})") from None
+
+
+# What Paddle's loaders say about each file (Paddle 3.3.1): the PIR program's JSON reader, and the
+# parameters' load_combine (a file cut short, or with bytes after the last tensor).
+_PROGRAM_ERRORS = ("json.exception", "Invalid model file", "serialize_deserialize")
+_PARAMS_ERRORS = ("load_combine", "tensor desc", "Cannot read")
+
+
+def _unloadable(directory: str, program: dict, error: str) -> str:
+    """The file Paddle could not load, told by its error (read_manifest has already compared both
+    files' sizes with the export's where the manifest records them); both when it does not say."""
+    program_file = os.path.join(directory, program["program"])
+    params_file = os.path.join(directory, program["params"])
+    if any(marker in error for marker in _PROGRAM_ERRORS):
+        return program_file
+    if any(marker in error for marker in _PARAMS_ERRORS):
+        return f"{params_file} (the parameters of {program['program']})"
+    return f"{program_file} or its parameters {params_file}"
 
 
 def _register_custom_ops(directory: str, manifest: dict) -> None:

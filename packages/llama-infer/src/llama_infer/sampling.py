@@ -17,6 +17,7 @@ float32 arrays: the logits come to the host every step anyway, to stream and to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,14 +40,16 @@ class SamplingConfig:
             raise InferError(
                 f"decode strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
             )
-        if not self.temperature > 0:
-            raise InferError(f"temperature must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InferError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.top_k < 0:
             raise InferError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise InferError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise InferError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise InferError(
+                f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}"
+            )
 
 
 def repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:

@@ -3,8 +3,11 @@
 Importing the package loads neither Paddle nor the parallel stack: the configuration, the strategy
 and the errors are plain Python, and every Paddle-backed name (the model, ``ParallelModel``, the
 kernels, ...) loads its own module on first use, so ``from llama_model import LlamaForCausalLM``
-brings the model and not ``parallel``, ``pipeline``, ``static`` or ``paddle_compat``. Importing changes
-nothing process-wide; ``configure_runtime()`` applies the CPU settings when an application asks.
+brings the model and not ``parallel``, ``pipeline``, ``static`` or ``paddle_compat``. Importing the
+package changes nothing process-wide. The first name that needs Paddle loads it, and when that is
+what loads Paddle, ``configure_runtime()``'s CPU settings are applied just before (``_paddle.py``),
+as if the application had called it first; when the application loaded Paddle itself, nothing is
+applied and one RuntimeWarning says what is lost where it matters (``runtime.before_paddle_import``).
 """
 
 from importlib import import_module

@@ -1,14 +1,19 @@
 """The one place that imports paddle, so a missing install fails with one readable line.
 
-Importing it changes nothing process-wide: the CPU settings that must precede ``import paddle``
-(MKL's code path, libgomp's spinning, malloc's reuse of freed memory) are ``runtime.
-configure_runtime()``'s, which applications call first. What stays here is scoped: on CPU builds,
-``no_strided_views`` (see the end).
+When this import is what loads Paddle, ``runtime.configure_runtime()``'s settings are applied just
+before (MKL's code path, libgomp's spinning, malloc's reuse of freed memory: they must precede
+Paddle's loading of its libraries), so a model's speed does not depend on whether the application
+called it first; when the application loaded Paddle already, nothing is applied and one warning
+says what that costs where it matters (``runtime.before_paddle_import``). What stays here is
+scoped: on CPU builds, ``no_strided_views`` (see the end).
 """
 
 import contextlib
 import os
 
+from llama_model.runtime import before_paddle_import
+
+before_paddle_import("llama_model")
 try:
     import paddle
 except ImportError as exc:  # exercised by tests/test_import.py

@@ -24,8 +24,11 @@ from llama_model._paddle import no_strided_views, paddle
 
 F = paddle.nn.functional
 
+# LLAMA_MODEL_NO_OPS=1 switches llama-ops off: lets tests and benchmarks compare both paths in one
+# environment.
+_SWITCHED_OFF = bool(os.environ.get("LLAMA_MODEL_NO_OPS"))
 try:  # the optional fused kernels; absent is the normal case on a plain install
-    if os.environ.get("LLAMA_MODEL_NO_OPS"):  # lets tests compare both paths in one environment
+    if _SWITCHED_OFF:
         raise ImportError
     import llama_ops as _ops
 except ImportError:
@@ -51,6 +54,8 @@ def reset_usage() -> None:
 def usage_summary() -> str:
     """What the primitives actually ran since the last ``reset_usage()``, one line for a run's log."""
     if _ops is None:
+        if _SWITCHED_OFF:
+            return "plain Paddle (llama-ops switched off by LLAMA_MODEL_NO_OPS)"
         return "plain Paddle (llama-ops not installed)"
     return _ops.summary()
 
@@ -78,11 +83,11 @@ _EXPAND_ROPE_TABLES = not paddle.is_compiled_with_cuda()
 
 def _rotate(x, cos, sin, half: int):
     if _EXPAND_ROPE_TABLES and not x.is_dist():
-        # Paddle's CPU multiply broadcasts over a middle axis (the heads) 20-40x slower than it
-        # multiplies equal shapes: [1, 256, 8, 32] * [1, 256, 1, 32] takes 0.85 ms, the expand
-        # and the multiply 0.04 ms. The cost: in training the expanded tables are kept for the
-        # backward (two q- and two k-sized tensors per layer). CPU builds only; dist tensors keep
-        # the broadcast, which their placements know.
+        # Paddle's CPU multiply is far slower when it broadcasts over a middle axis (the heads)
+        # than on equal shapes, so the tables are expanded to q's and k's shape first (figures in
+        # llama-model's README, "Performance"). The cost: in training the expanded tables are kept
+        # for the backward (two q- and two k-sized tensors per layer). CPU builds only; dist
+        # tensors keep the broadcast, which their placements know.
         cos, sin = paddle.expand_as(cos, x), paddle.expand_as(sin, x)
     return x * cos + paddle.roll(x, half, axis=-1) * sin
 
@@ -140,7 +145,7 @@ def fused_layers_available(dtype: str = "float32") -> str | None:
     if paddle.is_compiled_with_cuda():
         return "llama-ops' fused decoder layer is a CPU kernel; this Paddle is a CUDA build"
     if _ops is None:
-        if os.environ.get("LLAMA_MODEL_NO_OPS"):
+        if _SWITCHED_OFF:
             return "llama-ops is switched off (LLAMA_MODEL_NO_OPS)"
         return "llama-ops is not installed"
     if not _compiled_kernels(on_cpu=True) or not hasattr(_ops.fused, "decoder_layer"):

@@ -163,7 +163,7 @@ class ParallelModel:
         schedule = group = None
         if strategy.world_size > 1:
             mesh = strategy.build_mesh()
-            dist.auto_parallel.set_mesh(mesh)
+            dist.set_mesh(mesh)
             layout.mesh = mesh
             layout.stage_mesh = mesh.get_mesh_with_dim("pp", stage)
             plan.apply_plan(module, layout.stage_mesh)

@@ -85,13 +85,8 @@ class PipelineChunk(paddle.nn.Layer):
 def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=None):
     """The training schedule (with ``loss_fn``), or, without one, a forward-only schedule whose last
     stage keeps each micro-batch's output (evaluation): FThenB, or VPP's own under VPP."""
-    from paddle.distributed.auto_parallel.pipelining.schedules import (
-        Schedule1F1B,
-        ScheduleFThenB,
-        ScheduleVPP,
-    )
-    from paddle.distributed.auto_parallel.pipelining.stage import PipelineStage
-
+    classes = pipelining.schedules()
+    PipelineStage, ScheduleFThenB, ScheduleVPP = classes["stage"], classes["FThenB"], classes["VPP"]
     if needs_buffered_p2p(strategy):
         gloo.use_socket_p2p()  # no-op on NCCL
     if strategy.schedule == "VPP":
@@ -117,5 +112,5 @@ def make_schedule(stage_module, strategy: Strategy, stage: int, group, loss_fn=N
             pipeline_stage, strategy.micro_batches, loss_fn=lambda out, target: None
         )
         return pipelining.forward_only(schedule, [pipeline_stage])
-    schedule_cls = {"FThenB": ScheduleFThenB, "1F1B": Schedule1F1B}[strategy.schedule]
+    schedule_cls = classes[strategy.schedule]  # FThenB or 1F1B
     return schedule_cls(pipeline_stage, n_microbatches=strategy.micro_batches, loss_fn=loss_fn)

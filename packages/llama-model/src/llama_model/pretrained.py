@@ -161,9 +161,8 @@ class PretrainedWeights:
         else:
             array = self.source.read_slice(name, axis, start, stop)
         local = _to_paddle(_float32(array, dt))
-        from paddle.distributed.auto_parallel.api import dtensor_from_local
-
-        tensors.give_storage(param, dtensor_from_local(local, param.process_mesh, param.placements))
+        placed = tensors.dist_from_local(local, param.process_mesh, param.placements)
+        tensors.give_storage(param, placed)
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:

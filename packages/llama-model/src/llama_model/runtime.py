@@ -27,8 +27,22 @@ Four settings, each measured on the 2-core development VM:
 
 A user's own setting always stands: a variable already set is left alone, and the allocator is not
 touched when ``MALLOC_*`` is set, a malloc is ``LD_PRELOAD``ed, or ``LLAMA_MODEL_MALLOC_TUNING=0``.
-The llama-train worker, the llama-infer and llama-train commands and the benchmarks call it first
-thing; a library user calls it before importing paddle. Idempotent: a second call changes nothing.
+Idempotent: a second call changes nothing. A variable comes too late once the library that reads it
+is loaded: libgomp and Intel's OpenMP load with ``import paddle``, but Paddle loads its MKL only at
+its first matrix product, so ``MKL_DEBUG_CPU_TYPE`` still takes effect after ``import paddle`` up to
+then. The report says what came too late.
+
+Who calls it. The llama-train worker, the llama-infer and llama-train commands and the benchmarks
+call it first thing. And ``before_paddle_import`` below: llama-model, llama-infer and (when
+llama-model is installed) llama-ops call it just before their own ``import paddle``, so a process
+where one of them is what loads Paddle gets exactly ``configure_runtime()``'s settings, whatever
+the order of the imports (``from llama_model import ParallelModel`` first included). Importing
+the packages changes nothing else, and nothing at all when Paddle is already loaded: then the
+settings are the application's, and one ``RuntimeWarning`` says what is lost where it matters
+(an AMD CPU with Paddle's old MKL, llama-ops' libgomp beside MKL's OpenMP), by how much, and how
+to fix it. The allocator setting does not depend on the order: ``configure_runtime()`` applies it
+whenever it is called.
+
 This module imports nothing heavy (no paddle).
 """
 
@@ -37,6 +51,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 MALLOC_TUNING_ENV = "LLAMA_MODEL_MALLOC_TUNING"
@@ -53,11 +68,23 @@ class RuntimeReport:
     def __str__(self) -> str:
         parts = [", ".join(self.applied) or "nothing to change"]
         if self.too_late:
-            parts.append("not applied (paddle was imported first): " + ", ".join(self.too_late))
+            parts.append(
+                "not applied (the library that reads it was already loaded): "
+                + ", ".join(self.too_late)
+            )
         return "; ".join(parts)
 
 
 _MALLOC_DONE = False
+
+# The library that reads each variable, once, when it loads (its soname): set after that, a variable
+# changes nothing. libgomp and libiomp5 load with ``import paddle`` (libgomp earlier if another
+# library brought it: torch does); Paddle's MKL at its first matrix product.
+READ_BY = {
+    "MKL_DEBUG_CPU_TYPE": "libmklml_intel.so",
+    "GOMP_SPINCOUNT": "libgomp.so.1",
+    "KMP_AFFINITY": "libiomp5.so",
+}
 
 
 def configure_runtime(pin_threads: bool = False) -> RuntimeReport:
@@ -65,16 +92,8 @@ def configure_runtime(pin_threads: bool = False) -> RuntimeReport:
     ``pin_threads``: pin Paddle's math threads to cores (a process that owns the machine's cores)."""
     global _MALLOC_DONE
     report = RuntimeReport()
-    loaded = "paddle" in sys.modules
-    wanted = {}
-    if "MKL_DEBUG_CPU_TYPE" not in os.environ and _amd_cpu_with_avx2():
-        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
-    if "GOMP_SPINCOUNT" not in os.environ and fused_kernels_coming():
-        wanted["GOMP_SPINCOUNT"] = "0"
-    if pin_threads and "KMP_AFFINITY" not in os.environ and not _cuda_build():
-        wanted["KMP_AFFINITY"] = "granularity=fine,compact,1,0"
-    for name, value in wanted.items():
-        if loaded:
+    for name, value in _wanted(pin_threads).items():
+        if library_loaded(READ_BY[name]):
             report.too_late.append(f"{name}={value}")
         else:
             os.environ[name] = value
@@ -83,6 +102,156 @@ def configure_runtime(pin_threads: bool = False) -> RuntimeReport:
         _MALLOC_DONE = True
         report.applied.append("malloc keeps freed memory")
     return report
+
+
+def _wanted(pin_threads: bool) -> dict[str, str]:
+    """The variables this machine and environment call for, the user's own left out."""
+    wanted = {}
+    if "MKL_DEBUG_CPU_TYPE" not in os.environ and _amd_cpu_with_avx2():
+        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
+    if "GOMP_SPINCOUNT" not in os.environ and fused_kernels_coming():
+        wanted["GOMP_SPINCOUNT"] = "0"
+    if pin_threads and "KMP_AFFINITY" not in os.environ and not _cuda_build():
+        wanted["KMP_AFFINITY"] = "granularity=fine,compact,1,0"
+    return wanted
+
+
+def library_loaded(soname: str) -> bool:
+    """Whether the process holds a library of that soname (dlopen with RTLD_NOLOAD: never loads
+    one). Where that cannot be asked, whether paddle is imported (what loads them)."""
+    mode = getattr(os, "RTLD_NOLOAD", None)
+    if mode is None:
+        return "paddle" in sys.modules
+    import ctypes
+
+    try:
+        ctypes.CDLL(soname, mode=mode | os.RTLD_LAZY)
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ when a package loads Paddle
+# What a lost setting costs, measured on a 2-core AMD EPYC VM (family 25, model 17: Zen 4, AVX-512),
+# paddlepaddle 3.3.1, 2026-12-05, in a process that imported paddle first against one configured
+# first: packages/llama-model/benchmarks/bench_runtime.py (a 1024x1024 float32 matmul, median of
+# 9 x 5) and bench_train_step.py --mkl-default (config T's training step with llama-ops).
+COST = {
+    "MKL_DEBUG_CPU_TYPE": (
+        "without it the MKL of Paddle's wheel takes its generic code path on this AMD CPU: a "
+        "1024x1024 matmul runs at 0.36x, config T's training step at 0.08x"
+    ),
+    "GOMP_SPINCOUNT": (
+        "without it llama-ops' libgomp threads spin after each kernel and hold the cores MKL "
+        "needs: config T's training step at 0.55x"
+    ),
+}
+
+_AT_IMPORT: RuntimeReport | None = None  # what before_paddle_import applied, if it loaded Paddle
+_WARNED = False
+
+
+def before_paddle_import(package: str) -> None:
+    """Called by llama-model, llama-infer and llama-ops (``package``: its import name) just before their
+    ``import paddle``. When that import is what loads Paddle, apply ``configure_runtime()`` first.
+    When the application loaded Paddle already, apply nothing, and warn once per process where
+    settings that matter here are missing (``lost_settings``). Without Paddle, do nothing (the
+    package's import fails with its own line)."""
+    global _AT_IMPORT, _WARNED
+    state = _paddle_state()
+    if state == "absent":
+        return
+    if state == "not loaded":
+        _AT_IMPORT = configure_runtime()
+        return
+    lost = lost_settings()
+    if lost and not _WARNED:
+        _WARNED = True
+        _warn_at_caller(lost_message(package, lost))
+
+
+def applied_at_import() -> RuntimeReport | None:
+    """What ``before_paddle_import`` applied when one of the packages loaded Paddle, else None."""
+    return _AT_IMPORT
+
+
+def lost_settings() -> list[str]:
+    """The variables ``configure_runtime()`` would set that matter here and were not set when the
+    loaded Paddle read them: MKL_DEBUG_CPU_TYPE on an AMD CPU with Paddle's old MKL, GOMP_SPINCOUNT
+    where llama-ops' libgomp runs beside Intel's OpenMP (MKL's threads)."""
+    lost = []
+    wanted = _wanted(pin_threads=False)
+    if "MKL_DEBUG_CPU_TYPE" in wanted and _paddle_old_mkl():
+        lost.append("MKL_DEBUG_CPU_TYPE")
+    if (
+        "GOMP_SPINCOUNT" in wanted
+        and library_loaded(READ_BY["GOMP_SPINCOUNT"])
+        and library_loaded("libiomp5.so")
+    ):
+        lost.append("GOMP_SPINCOUNT")
+    return lost
+
+
+def lost_message(package: str, lost: list[str]) -> str:
+    """The warning: what is lost, what it costs, how to fix it (``package``: the import name)."""
+    values = {"MKL_DEBUG_CPU_TYPE": "5", "GOMP_SPINCOUNT": "0"}
+    missing = ", ".join(f"{name}={values[name]} ({COST[name]})" for name in lost)
+    text = (
+        f"Paddle was imported before {package}, without the runtime settings this machine needs: "
+        f"{missing}. Fix: import {package} before paddle (it applies them when it loads Paddle), "
+        "or call llama_model.configure_runtime() before `import paddle`"
+    )
+    if "MKL_DEBUG_CPU_TYPE" in lost and not library_loaded(READ_BY["MKL_DEBUG_CPU_TYPE"]):
+        text += (
+            "; called now, before Paddle's first matrix product, it still sets MKL_DEBUG_CPU_TYPE"
+        )
+    return text + "."
+
+
+def _paddle_state() -> str:
+    """'loaded', 'not loaded' (importable), or 'absent' (not installed, or blocked)."""
+    module = sys.modules.get("paddle", _MISSING)
+    if module is None:  # sys.modules["paddle"] = None: importing it raises
+        return "absent"
+    if module is not _MISSING:
+        return "loaded"
+    try:
+        return "not loaded" if importlib.util.find_spec("paddle") is not None else "absent"
+    except (ImportError, ValueError):
+        return "absent"
+
+
+_MISSING = object()
+
+
+def _paddle_old_mkl() -> bool:
+    """Whether the loaded Paddle uses the old MKL that MKL_DEBUG_CPU_TYPE steers (libmklml_intel,
+    in its x86 wheels' libs/): loaded already, or shipped beside it."""
+    if library_loaded(READ_BY["MKL_DEBUG_CPU_TYPE"]):
+        return True
+    paddle = sys.modules.get("paddle")
+    folder = os.path.dirname(getattr(paddle, "__file__", None) or "")
+    return bool(folder) and os.path.exists(os.path.join(folder, "libs", "libmklml_intel.so"))
+
+
+_OURS = ("llama_model", "llama_ops", "llama_infer", "llama_train", "importlib")
+
+
+def _warn_at_caller(message: str) -> None:
+    """A RuntimeWarning attributed to the first frame outside these packages and the import
+    machinery: the application's import line."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in _OURS:
+        frame = frame.f_back
+    module_globals = frame.f_globals
+    warnings.warn_explicit(
+        message,
+        RuntimeWarning,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=module_globals.get("__name__", "__main__"),
+        registry=module_globals.setdefault("__warningregistry__", {}),
+    )
 
 
 def malloc_tuned() -> bool:

@@ -172,9 +172,10 @@ class StaticStep:
             # The layers mark their recomputed blocks when traced; the compiler's recompute pass,
             # enabled here, is what re-runs them in the backward.
             config["recompute"] = {"enable": True}
-        self.model = dist.to_static(
-            parallel_model.module, loader, _static_loss, optimizer, dist.Strategy(config)
-        )
+        with gloo.groups_created_apart():
+            self.model = dist.to_static(
+                parallel_model.module, loader, _static_loss, optimizer, dist.Strategy(config)
+            )
         self.model.train()
         program = static_engine.main_program(self.model)
         norm = program.get_output_value_by_name(GRAD_NORM_NAME)

@@ -82,9 +82,11 @@ if not LIB.loaded and not LIB.reason.startswith(DISABLE_ENV):
 
 
 def gemm_backend() -> str:
-    """The GEMM of the inference kernels (fused_decoder_layer, fused_norm_head) in this process so
-    far: "mkl" (the cblas_sgemm of the MKL Paddle loaded), "paddle" (Paddle's matmul: no MKL, or
-    LLAMA_OPS_BLAS=paddle), "unresolved" before their first call, or "none" without the library."""
+    """The GEMM of the inference kernels (fused_decoder_layer, fused_norm_head) in this process:
+    "mkl" (the cblas_sgemm of the MKL Paddle loads), "paddle" (Paddle's matmul: a build without
+    that MKL, or LLAMA_OPS_BLAS=paddle), or "none" without the library. Chosen once per process, at
+    the kernels' first GEMM or this call, whichever comes first, after making Paddle load its MKL
+    (csrc/blas.h)."""
     if not LIB.loaded:
         return "none"
     import ctypes

@@ -13,6 +13,13 @@ need none of Paddle's C++ distributed headers (which the custom-operator build d
 stable ABI for); local_map is Paddle's public API for exactly this. The cost: it exists in dynamic
 mode only, so inside ``dist.to_static`` programs dist values take the fallback (see __init__).
 
+Outputs are labelled as Paddle's own SPMD rules would label them: a tensor axis of size one is never
+split, even where the input says ``Shard`` over a mesh axis of size one (a batch of one under dp1).
+Paddle's broadcasting rules (elementwise, expand, matmul) map such an axis to no mesh axis, so a
+kernel output that kept the input's ``Shard`` met a Paddle tensor placed ``Replicate`` on the same
+axis, and matmul's backward rule refused the pair ("verify error") in every layout with dp 1 and a
+micro-batch of one.
+
 One correction local_map does not make: a weight shared by every shard (rms_norm's) gets, on each
 rank, the gradient of that rank's rows only, and local_map would label it ``Replicate()`` — each
 rank's part taken for the whole, silently wrong. ``_SumGradOver`` labels it a partial sum over the
@@ -73,6 +80,18 @@ class LocalCall:
         )(*tensors)
 
 
+def _output_placements(t) -> list:
+    """``t``'s placements with a split of a size-one axis over a size-one mesh axis (the same
+    data on that rank either way) written ``Replicate()``, as Paddle's rules write it."""
+    mesh_shape = t.process_mesh.shape
+    return [
+        dist.Replicate()
+        if p.is_shard() and mesh_shape[axis] == 1 and t.shape[p.get_dim() % t.ndim] == 1
+        else p
+        for axis, p in enumerate(t.placements)
+    ]
+
+
 def _sharded_axes(t) -> dict[int, int]:
     """mesh axis -> tensor axis (non-negative) for each Shard placement of a dist tensor."""
     if not t.is_dist():
@@ -107,7 +126,7 @@ def rms_norm(x, weight) -> LocalCall | str:
         return "hidden axis sharded"
     if _sharded_axes(weight):
         return "weight sharded"
-    return LocalCall((x, weight), [x.placements], mesh, {1: tuple(x_axes)})
+    return LocalCall((x, weight), [_output_placements(x)], mesh, {1: tuple(x_axes)})
 
 
 def apply_rope(q, k, cos, sin) -> LocalCall | str:
@@ -127,7 +146,8 @@ def apply_rope(q, k, cos, sin) -> LocalCall | str:
         return "rope tables sharded"
     if q_batch and cos.ndim >= 3 and cos.shape[0] != 1:
         return "per-sample rope tables with a sharded batch"
-    return LocalCall((q, k, cos, sin), [q.placements, k.placements], mesh, {})
+    outs = [_output_placements(q), _output_placements(k)]
+    return LocalCall((q, k, cos, sin), outs, mesh, {})
 
 
 def swiglu(gate, up=None) -> LocalCall | str:
@@ -140,7 +160,7 @@ def swiglu(gate, up=None) -> LocalCall | str:
             return "packed [gate | up] axis sharded"
     elif not (gate.is_dist() and up.is_dist() and gate.placements == up.placements):
         return "gate and up placed differently"
-    return LocalCall(tensors, [gate.placements], mesh, {})
+    return LocalCall(tensors, [_output_placements(gate)], mesh, {})
 
 
 def causal_softmax(scores) -> LocalCall | str:
@@ -149,4 +169,4 @@ def causal_softmax(scores) -> LocalCall | str:
         return reason
     if {scores.ndim - 2, scores.ndim - 1} & set(_sharded_axes(scores).values()):
         return "a score axis sharded"
-    return LocalCall((scores,), [scores.placements], mesh, {})
+    return LocalCall((scores,), [_output_placements(scores)], mesh, {})

@@ -1,12 +1,15 @@
 """The one place that imports paddle, so a missing install fails with one readable line.
 
-Importing llama-ops changes nothing process-wide. Its kernels run on GCC's OpenMP runtime (libgomp,
-loaded with paddle) while Paddle's matmuls run on Intel's (libiomp5), and libgomp's threads spinning
-after each kernel hold the cores the next matmul needs: set ``GOMP_SPINCOUNT=0`` before paddle is
-imported, or call llama-model's ``configure_runtime()``, which does it when llama-ops is installed
-(llama-train and llama-infer call it).
+Just before, ``_runtime.before_paddle_import()``: when this import is what loads Paddle, the runtime
+settings are applied first (llama-model's ``configure_runtime()`` when llama-model is installed; alone,
+the two variables the kernels need: ``MKL_DEBUG_CPU_TYPE=5`` on AMD CPUs, ``GOMP_SPINCOUNT=0``, see
+``_runtime``); when the application loaded Paddle already, nothing is applied and one warning says
+what is lost where it matters. Importing llama-ops changes nothing else process-wide.
 """
 
+from llama_ops._runtime import before_paddle_import
+
+before_paddle_import()
 try:
     import paddle
 except ImportError as exc:  # pragma: no cover - exercised only without paddle

@@ -4,6 +4,7 @@ from llama_train.checkpoint import CheckpointManager, TrainerState, latest, reso
 from llama_train.errors import NonFiniteLoss, TrainError
 from llama_train.metrics import FLOPS_FORMULA, flops_per_token, read_metrics
 from llama_train.options import RunConfig
+from llama_train.run_record import RunRecord
 from llama_train.schedule import LRSchedule
 from llama_train.version import __version__
 from llama_train.vetting import vet_checkpoint
@@ -14,6 +15,7 @@ __all__ = [
     "LRSchedule",
     "NonFiniteLoss",
     "RunConfig",
+    "RunRecord",
     "TrainError",
     "TrainerState",
     "__version__",

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from llama_ckpt.atomic import write_atomic
 from llama_ckpt.runs import COMPLETE, LATEST, TRAINER_STATE  # the protocol's names: one owner
-from llama_train.errors import TrainError
+from llama_train.errors import TrainError, is_network_error
 
 FORMAT = "llama-train-checkpoint"
 FORMAT_VERSION = 1
@@ -230,9 +230,14 @@ def _write_failed(exc: OSError, tmp: Path, rank: int, alone: bool) -> TrainError
         for own in tmp.glob(f"{rank}_*.distcp"):
             own.unlink(missing_ok=True)
     where = exc.filename or tmp
+    kept = latest(tmp.parent)
+    if kept is not None:
+        keeps = f"the last complete checkpoint, {kept.name}, is kept"
+    else:
+        keeps = "this run has no complete checkpoint yet"
     return TrainError(
         f"cannot write checkpoint {where}: {exc.strerror or exc} (the partial save {tmp.name} is "
-        "removed; the last complete checkpoint is kept)"
+        f"removed; {keeps})"
     )
 
 
@@ -286,6 +291,8 @@ class CheckpointManager:
             if self.rank == 0:
                 self._publish(tmp, final, state)
         except OSError as exc:
+            if is_network_error(exc):  # a peer went away: not this disk's doing
+                raise
             raise _write_failed(exc, tmp, self.rank, alone=self.world_size == 1) from None
         self._barrier()
         self.published.add(state.step)

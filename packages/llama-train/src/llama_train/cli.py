@@ -1,14 +1,14 @@
 """The ``llama-train`` command: ``llama-train [run] OPTIONS`` trains, ``llama-train plot OUTPUT...`` draws.
 
 ``run`` is the default command, so ``llama-train --strategy dp2mp2pp2 ...`` trains. Every option of
-``run`` is a field of ``options.RunConfig``; the click options are generated from those fields so
-that the flags, the config file and ``run_config.json`` cannot drift apart.
+``run`` is a field of a section of ``options.RunConfig``; the click options are generated from those
+fields (their types from the annotations, ``options.Kind``) so that the flags, the config file and
+``run_config.json`` cannot drift apart, and ``--help`` lists them under their sections.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import signal
 import sys
 from pathlib import Path
@@ -23,8 +23,8 @@ from llama_ckpt.clikit import (
     default_command_group,
     quiet_third_party_warnings,
 )
-from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
-from llama_train.options import OPTIONS
+from llama_train.errors import NonFiniteLoss, TrainError, classify
+from llama_train.options import OPTIONS, SECTIONS, OptionSpec
 from llama_train.version import __version__
 
 PADDLE_MISSING = (
@@ -48,48 +48,75 @@ def main() -> None:
     quiet_third_party_warnings()
 
 
-def _option_for(name: str, f) -> click.Option:
-    meta = f.metadata
-    flag = "--" + name.replace("_", "-")
-    kwargs: dict = {"default": None, "help": meta["help"]}
-    if meta.get("flag"):
-        return click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=meta["help"])
-    if meta.get("multiple"):
-        return click.Option([flag], multiple=True, help=meta["help"])
-    if meta.get("choices"):
-        kwargs["type"] = click.Choice(meta["choices"])
-    elif meta.get("kind") == "floats":
-        kwargs["type"] = str
-    elif isinstance(f.default, bool):
-        kwargs["type"] = bool
-    elif isinstance(f.default, int) or "int" in str(f.type):
-        kwargs["type"] = int
-    elif isinstance(f.default, float) or "float" in str(f.type):
-        kwargs["type"] = float
-    if f.default is not None:
-        kwargs["help"] += f"  [default: {f.default}]"
-    return click.Option([flag], **kwargs)
+def _option_for(spec: OptionSpec) -> click.Option:
+    """The flag of an option. Its type comes from the option's ``Kind``; every default is None
+    here (an unset flag overrides nothing: the defaults are the sections')."""
+    text = spec.rule.help
+    if spec.kind.base is bool:
+        return click.Option([f"{spec.flag}/--no-{spec.flag[2:]}"], default=None, help=text)
+    if spec.kind.sequence and spec.kind.base is str:  # repeated: --data A --data B
+        return click.Option([spec.flag], multiple=True, help=text)
+    if spec.kind.sequence:  # numbers in one string, "0.3,0.7", coerced by the Kind
+        kind = click.STRING
+    elif spec.rule.choices:
+        kind = click.Choice(spec.rule.choices)
+    else:
+        kind = {str: click.STRING, int: click.INT, float: click.FLOAT}[spec.kind.base]
+    if spec.default not in (None, ()):
+        text += f"  [default: {spec.default}]"
+    return click.Option([spec.flag], type=kind, default=None, help=text)
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists the options of each section under its own heading."""
+
+    def format_options(self, ctx, formatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            spec = OPTIONS.get(param.name)
+            title = "Options" if spec is None else section_title(spec.section)
+            groups.setdefault(title, []).append(record)
+        for title, records in groups.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
+def section_title(section: str) -> str:
+    """``--help``'s heading of a section: its table in a config file, and its name (the first
+    words of the section's docstring)."""
+    doc = (SECTIONS[section].__doc__ or section).strip().splitlines()[0]
+    return f"[{section}] {doc.split(':')[0].rstrip('.')}"
 
 
 def _with_run_options(command):
-    for name, f in reversed(list(OPTIONS.items())):
-        command.params.insert(0, _option_for(name, f))
+    for spec in reversed(list(OPTIONS.values())):
+        command.params.insert(0, _option_for(spec))
     return command
 
 
-@main.command("run")
+@main.command("run", cls=SectionedCommand)
 @click.option(
     "--config",
     "config_file",
     default=None,
-    help="A .toml or .json file of options (flags override it).",
+    help="A .toml or .json file of options, one table per section (flags override it); "
+    "OUTPUT/run_config.json of a run reruns it.",
 )
-def run_command(config_file, **flags):
+@click.option(
+    "--print-config",
+    is_flag=True,
+    default=False,
+    help="Print the resolved configuration as sectioned TOML (a --config file) and train nothing.",
+)
+def run_command(config_file, print_config, **flags):
     """Train: start the processes of the strategy and run the job to --max-steps.
 
-    Writes OUTPUT/run_config.json (the resolved options), OUTPUT/metrics.jsonl, OUTPUT/logs/ and
-    OUTPUT/checkpoints/. SIGTERM or Ctrl-C saves a checkpoint and exits cleanly; --resume auto
-    continues from it.
+    Writes OUTPUT/run_config.json (the options by section and what they resolved to),
+    OUTPUT/config.json, OUTPUT/metrics.jsonl, OUTPUT/logs/ and OUTPUT/checkpoints/. SIGTERM or
+    Ctrl-C saves a checkpoint and exits cleanly; --resume auto continues from it.
     """
     if importlib.util.find_spec("paddle") is None:
         raise Failure(PADDLE_MISSING)
@@ -104,7 +131,16 @@ def run_command(config_file, **flags):
     except LlamaModelError as exc:
         raise Failure(str(exc)) from None
     try:
-        prepared = _prepare(config_file, flags)
+        options = _options(config_file, flags)
+        if print_config:
+            from llama_train.preparation import check_options
+
+            _, record = check_options(options)
+            click.echo(record.to_toml(), nl=False)
+            return
+        from llama_train.preparation import prepare
+
+        prepared = prepare(options, say=click.echo)
     except TrainError as exc:
         raise Failure(str(exc)) from None
     except OSError as exc:
@@ -123,10 +159,10 @@ def run_command(config_file, **flags):
             click.echo(
                 f"resuming from an older checkpoint: the newer ones were moved to {prepared.abandoned}"
             )
-        if prepared.cfg.launched:
+        if prepared.run.launched:
             _run_launched(prepared)
         else:
-            _run_here(prepared.cfg)
+            _run_here(prepared.run)
     finally:
         if prepared.lock is not None:
             prepared.lock.release()
@@ -135,29 +171,33 @@ def run_command(config_file, **flags):
 _with_run_options(run_command)
 
 
-def _prepare(config_file, flags):
-    """The checked run (``preparation.Prepared``), its lock held."""
-    from llama_train import options
-    from llama_train.preparation import prepare
+def _options(config_file, flags):
+    """The run's options: defaults < the config file < the flags, checked (``options.resolve``)."""
+    from llama_train.config_file import read_config_file
+    from llama_train.options import resolve
 
-    file_values = options.read_config_file(config_file) if config_file else {}
-    return prepare(options.resolve(file_values, flags), say=click.echo)
+    def note(line: str) -> None:
+        click.echo(line, err=True)
+
+    file_values = read_config_file(config_file, say=note) if config_file else {}
+    return resolve(file_values, flags)
 
 
-def _run_here(cfg) -> None:
+def _run_here(run) -> None:
     import logging
 
+    from llama_model.paddle_compat import settings
     from llama_train.console import Console
     from llama_train.worker import run_worker
 
     console = Console()
     # Paddle's checkpoint writer logs an INFO line per save to stderr; in a one-process run that is
     # the user's terminal (a launched rank's goes to its log).
-    paddle_log = logging.getLogger("paddle.distributed.fleet.utils.log_util")
+    paddle_log = settings.distributed_logger()
     level = paddle_log.level
     paddle_log.setLevel(logging.WARNING)
     try:
-        trainer = run_worker(cfg, console)
+        trainer = run_worker(run, console)
     except TrainError as exc:
         raise Failure(str(exc)) from None
     except NonFiniteLoss as exc:
@@ -167,7 +207,8 @@ def _run_here(cfg) -> None:
             "interrupted by a second Ctrl-C before a checkpoint was saved", EXIT_CRASH
         ) from None
     except OSError as exc:
-        raise Failure(os_error_line(exc, cfg.output)) from None
+        failure = classify(exc, run)
+        raise Failure(failure.message, failure.code) from None
     finally:
         console.close()
         paddle_log.setLevel(level)
@@ -175,59 +216,57 @@ def _run_here(cfg) -> None:
         sys.exit(0)
 
 
-def _first_error(logs: Path) -> dict | None:
-    """The earliest of the ranks' one-line errors (``logs/error.<rank>``)."""
-    records = []
-    for path in logs.glob("error.*"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        records.append((record.get("time", 0.0), int(path.suffix[1:]), record))
-    return min(records, key=lambda r: r[:2])[2] if records else None
-
-
 def _run_launched(prepared) -> None:
     from llama_train.checkpoint import remove_partial_saves
     from llama_train.console import Console
     from llama_train.launcher import launcher_log, run_launched
 
-    cfg = prepared.cfg
-    out = Path(cfg.output)
+    run = prepared.run
+    out = Path(run.output)
     console = Console()
     try:
         result = run_launched(
-            cfg, str(out / "run_config.json"), console, prepared.run_id, prepared.lock_fd
+            run, str(out / "run_config.json"), console, prepared.run_id, prepared.lock_fd
         )
     finally:
         console.close()
     logs = out / "logs"
-    if (cfg.node_rank or 0) == 0:  # every rank has exited: a partial save is only partial now
+    if (run.options.launch.node_rank or 0) == 0:
+        # every rank has exited: a partial save is only partial now
         remove_partial_saves(out / "checkpoints")
-    error = _first_error(logs)
-    if error:
-        raise Failure(error["message"], error["code"])
+    failure = failure_line(result, logs, launcher_log(run))
+    if failure is not None:
+        raise failure
+
+
+def failure_line(result, logs: Path, launcher_log: Path | None = None) -> Failure | None:
+    """The one line (and exit code) a launched job ends with, or None when it finished or stopped
+    cleanly: the blamed rank's own line when it failed by a user's mistake or a non-finite loss,
+    else what failed and its log."""
+    launcher_log = launcher_log or logs / "launcher.log"
+    report = result.report  # what the blamed rank said about its failure, if it said anything
+    if report is not None and report.code != EXIT_CRASH:  # a user's mistake, a non-finite loss
+        return Failure(report.message, report.code)
     if result.failed is None and ((logs / "preempted").exists() or (logs / "finished").exists()):
-        return  # finished, or stopped by a signal to whichever process it came: saved, exit 0
+        return None  # finished, or stopped by a signal to whichever process it came: saved, exit 0
     if result.signalled and (result.failed is None or result.failed.status in _STOPPED):
-        raise Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
+        return Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
     if result.returncode < 0 and not result.signalled:
-        raise Failure(
+        return Failure(
             f"Paddle's launcher was killed by signal {-result.returncode}; its ranks were stopped "
-            f"(see {launcher_log(cfg)})",
+            f"(see {launcher_log})",
             EXIT_CRASH,
         )
     if result.failed is not None:
         failed = result.failed
         log = logs / f"workerlog.{failed.rank}"
-        raise Failure(
-            f"rank {failed.rank} {failed.describe()}; the job was stopped (see {log})", EXIT_CRASH
-        )
+        what = f"failed: {report.message}" if report is not None else failed.describe()
+        return Failure(f"rank {failed.rank} {what}; the job was stopped (see {log})", EXIT_CRASH)
     if result.returncode != 0:
-        raise Failure(
-            f"the launcher exited with code {result.returncode} (see {launcher_log(cfg)})",
-            EXIT_CRASH,
+        return Failure(
+            f"the launcher exited with code {result.returncode} (see {launcher_log})", EXIT_CRASH
         )
+    return None
 
 
 @main.command("plot")

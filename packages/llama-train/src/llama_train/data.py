@@ -27,23 +27,24 @@ from llama_data import (
     parse_blend,
 )
 from llama_train.errors import TrainError
-from llama_train.options import RunConfig
+from llama_train.options import Data
+from llama_train.run_record import RunRecord
 
 
-def blend_pairs(cfg: RunConfig) -> list[tuple[float, str]]:
+def blend_pairs(data: Data) -> list[tuple[float, str]]:
     try:
-        if cfg.data_weights is not None:
-            return parse_blend([(w, p) for w, p in zip(cfg.data_weights, cfg.data)])
-        if len(cfg.data) == 1:
-            return parse_blend(cfg.data[0])
-        return parse_blend([(1.0, p) for p in cfg.data])
+        if data.data_weights is not None:
+            return parse_blend([(w, p) for w, p in zip(data.data_weights, data.data)])
+        if len(data.data) == 1:
+            return parse_blend(data.data[0])
+        return parse_blend([(1.0, p) for p in data.data])
     except DataError as exc:
         raise TrainError(f"--data: {exc}") from None
 
 
-def check_data_files(cfg: RunConfig, vocab_size: int) -> None:
+def check_data_files(data: Data, vocab_size: int) -> None:
     """Every prefix exists, is a valid indexed dataset, and holds only ids below ``vocab_size``."""
-    for _, prefix in blend_pairs(cfg):
+    for _, prefix in blend_pairs(data):
         try:
             IndexedDataset(prefix).check_vocab(vocab_size)
         except DataError as exc:
@@ -58,20 +59,22 @@ def _samples_for_epochs(ds: GPTDataset, epochs: int) -> int:
 class TrainData:
     """The train order (and the valid batches) of a run; ``batch(consumed)`` → (input_ids, labels)."""
 
-    def __init__(self, cfg: RunConfig, rank: int | None = None):
-        self.cfg = cfg
-        self.global_batch = cfg.batch_size
-        self.seq_len = cfg.seq_len
+    def __init__(self, run: RunRecord, rank: int | None = None):
+        opts = run.options
+        self.epochs = opts.data.max_epochs
+        self.eval_iters = opts.eval.eval_iters
+        self.global_batch = run.batch_size
+        self.seq_len = run.seq_len
         common = dict(
-            seq_len=cfg.seq_len,
-            split=cfg.split,
-            seed=cfg.seed,
-            cache_dir=cfg.data_cache_dir,
+            seq_len=run.seq_len,
+            split=opts.data.split,
+            seed=opts.training.seed,
+            cache_dir=opts.data.data_cache_dir,
             rank=rank,
         )
-        pairs = blend_pairs(cfg)
+        pairs = blend_pairs(opts.data)
         try:
-            parts = [self._epochs_dataset(prefix, cfg.max_epochs, common) for _, prefix in pairs]
+            parts = [self._epochs_dataset(prefix, self.epochs, common) for _, prefix in pairs]
             if len(parts) == 1:
                 self.train = parts[0]
             else:
@@ -80,8 +83,8 @@ class TrainData:
                 n = min(int((len(p) - 1) / w) for (w, _), p in zip(pairs, parts))
                 self.train = BlendedDataset(parts, [w for w, _ in pairs], n, rank=rank)
             self.valid = None
-            if cfg.eval_every:
-                n_valid = cfg.eval_iters * self.global_batch
+            if opts.eval.eval_every:
+                n_valid = self.eval_iters * self.global_batch
                 self.valid = build_gpt_datasets(
                     [(w, p) for w, p in pairs], num_samples=(0, n_valid, 0), **common
                 )["valid"]
@@ -102,7 +105,7 @@ class TrainData:
         """What determines the sample order: the index's cache key (document lengths, split range,
         seq_len, sample count, seed) and the epoch count."""
         text = json.dumps(
-            {"train": self.train.cache_key, "epochs": self.cfg.max_epochs, "seq_len": self.seq_len},
+            {"train": self.train.cache_key, "epochs": self.epochs, "seq_len": self.seq_len},
             sort_keys=True,
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -116,7 +119,7 @@ class TrainData:
         if needed > len(self.train):
             raise TrainError(
                 f"too little data: the train split holds {len(self.train):,} samples of {self.seq_len + 1} "
-                f"tokens in {self.cfg.max_epochs} epoch(s), but {steps:,} steps × {self.global_batch} "
+                f"tokens in {self.epochs} epoch(s), but {steps:,} steps × {self.global_batch} "
                 f"samples need {needed:,}; lower --max-steps, or allow more passes with --max-epochs"
             )
 
@@ -126,5 +129,5 @@ class TrainData:
         return rows[:, :-1], rows[:, 1:]
 
     def valid_batches(self):
-        for k in range(self.cfg.eval_iters):
+        for k in range(self.eval_iters):
             yield self.batch(k * self.global_batch, self.valid)

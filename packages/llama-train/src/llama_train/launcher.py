@@ -46,36 +46,41 @@ _RELAY_EVERY_S = 0.2
 @dataclass
 class JobResult:
     returncode: int
-    failed: supervise.RankExit | None = None
+    failed: supervise.RankExit | None = None  # the rank blamed
     signalled: bool = False
+    report: supervise.RankReport | None = None  # what the blamed rank said about its failure
 
 
-def launcher_log(cfg) -> Path:
-    logs = Path(cfg.output) / "logs"
-    return logs / ("launcher.log" if cfg.nnodes == 1 else f"launcher.node{cfg.node_rank or 0}.log")
+def launcher_log(run) -> Path:
+    """This node's log of Paddle's launcher, of a ``RunRecord``."""
+    launch, logs = run.options.launch, Path(run.output) / "logs"
+    return logs / (
+        "launcher.log" if launch.nnodes == 1 else f"launcher.node{launch.node_rank or 0}.log"
+    )
 
 
 def worker_command(config_path: str) -> list[str]:
     return [sys.executable, "-u", "-m", "llama_train.worker", config_path]
 
 
-def launch_command(cfg, config_path: str) -> list[str]:
+def launch_command(run, config_path: str) -> list[str]:
     # Paddle's launcher names its files by local rank: one folder per node keeps a shared output
     # readable; the ranks write their own OUTPUT/logs/workerlog.<global rank>.
-    logs = str(Path(cfg.output) / "logs" / "paddle" / f"node-{cfg.node_rank or 0}")
+    launch = run.options.launch
+    logs = str(Path(run.output) / "logs" / "paddle" / f"node-{launch.node_rank or 0}")
     cmd = [
         sys.executable,
         "-m",
         "llama_train.paddle_launch",
         "--nproc_per_node",
-        str(cfg.procs_per_node),
+        str(run.procs_per_node),
         "--log_dir",
         logs,
     ]
-    if cfg.nnodes > 1:
-        cmd += ["--nnodes", str(cfg.nnodes), "--master", cfg.master]
-        if cfg.node_rank is not None:
-            cmd += ["--rank", str(cfg.node_rank)]
+    if launch.nnodes > 1:
+        cmd += ["--nnodes", str(launch.nnodes), "--master", launch.master]
+        if launch.node_rank is not None:
+            cmd += ["--rank", str(launch.node_rank)]
     return cmd + worker_command(config_path)
 
 
@@ -101,10 +106,11 @@ class _LogTail:
 
 
 def run_launched(
-    cfg, config_path: str, console: Console, run_id: str, lock_fd: int | None
+    run, config_path: str, console: Console, run_id: str, lock_fd: int | None
 ) -> JobResult:
-    """Run the job through Paddle's launcher until every rank of this node has exited."""
-    logs = Path(cfg.output) / "logs"
+    """Run the job of a ``RunRecord`` through Paddle's launcher until every rank of this node has
+    exited."""
+    logs = Path(run.output) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -112,7 +118,7 @@ def run_launched(
     env[supervise.FRONT_PID_ENV] = str(os.getpid())
     env[supervise.EXITS_DIR_ENV] = str(logs)
     result = JobResult(returncode=0)
-    tail = _LogTail(events_file(cfg.output))
+    tail = _LogTail(events_file(run.output))
 
     def relay() -> None:
         for text in tail.lines():
@@ -122,10 +128,10 @@ def run_launched(
                 continue
             console.line(event["text"])
 
-    with open(launcher_log(cfg), "a", encoding="utf-8") as log:
+    with open(launcher_log(run), "a", encoding="utf-8") as log:
         log_start = log.tell()  # earlier runs' lines stay in the file
         proc = subprocess.Popen(
-            launch_command(cfg, config_path),
+            launch_command(run, config_path),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -133,7 +139,7 @@ def run_launched(
             start_new_session=True,  # a terminal's Ctrl-C reaches it only through us, once
             pass_fds=() if lock_fd is None else (lock_fd,),
         )
-        watch = supervise.RankWatch(proc.pid, run_id, cfg.procs_per_node)
+        watch = supervise.RankWatch(proc.pid, run_id, run.procs_per_node)
 
         def forward(signum, frame):
             result.signalled = True
@@ -153,7 +159,7 @@ def run_launched(
             result.returncode = proc.returncode
             # Normally Paddle's launcher has stopped its ranks; if it was killed, they die with it
             # (their death signal). Anything still alive after the grace period is killed here.
-            watch.kill_remaining(supervise.ORPHAN_GRACE_S)
+            watch.kill_remaining(supervise.orphan_grace(logs))
             relay()
         finally:
             for sig, handler in previous.items():
@@ -164,14 +170,16 @@ def run_launched(
                 watch.kill_remaining(0)
     watch.write_records(logs)
     result.failed = supervise.first_failure(logs, run_id, list(watch.exits.values()))
+    if result.failed is not None:
+        result.report = supervise.read_reports(logs, run_id).get(result.failed.rank)
     if result.failed is None and result.returncode != 0:
         # No rank seen failing (e.g. reaped before a poll): Paddle's launcher's own account, from
         # this run's lines; it numbers the ranks of this node from 0.
-        with open(launcher_log(cfg), encoding="utf-8", errors="replace") as fh:
+        with open(launcher_log(run), encoding="utf-8", errors="replace") as fh:
             fh.seek(log_start)
             found = _FAILED_CONTAINER.search(fh.read())
         if found:
-            rank = (cfg.node_rank or 0) * cfg.procs_per_node + int(found.group(1))
+            rank = (run.options.launch.node_rank or 0) * run.procs_per_node + int(found.group(1))
             result.failed = supervise.RankExit(
                 rank, 0, "", time.time(), int(found.group(2)), run_id
             )

@@ -1,4 +1,4 @@
-"""From options to the model's shape and parallel layout: LlamaConfig, vocabulary, Strategy, checks.
+"""From options to the model's shape: LlamaConfig, vocabulary, the init weights; the layout's checks.
 
 A preset gives the network's shape; its vocabulary becomes the tokenizer's, rounded up to a multiple
 of ``--make-vocab-size-divisible-by`` (Megatron's padding, kept independent of mp so that a
@@ -7,13 +7,13 @@ checkpoint moves between layouts). A config file is taken as it is: the tokenize
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-from llama_model import PRESETS, LlamaConfig, LlamaModelError, Strategy, preset
+from llama_model import PRESETS, LlamaConfig, LlamaModelError, preset
 from llama_train.errors import TrainError
-from llama_train.options import RunConfig
-
-DEFAULT_MAX_SEQ_LEN = 2048
+from llama_train.options import Model
+from llama_train.run_record import RunRecord
 
 
 def tokenizer_vocab_size(spec: str) -> int:
@@ -25,15 +25,15 @@ def tokenizer_vocab_size(spec: str) -> int:
         raise TrainError(f"--tokenizer: {exc}") from None
 
 
-def model_config(cfg: RunConfig) -> LlamaConfig:
+def model_config(model: Model) -> LlamaConfig:
     """The model's shape: --model-config (a preset or a file), or the config.json of --init-from;
     with both, they must agree. The tokenizer must fit in its vocabulary."""
-    vocab = tokenizer_vocab_size(cfg.tokenizer) if cfg.tokenizer else None
-    stored = _init_from_config(cfg) if cfg.init_from else None
-    if cfg.model_config is None:
+    vocab = tokenizer_vocab_size(model.tokenizer) if model.tokenizer else None
+    stored = _init_from_config(model) if model.init_from else None
+    if model.model_config is None:
         config = stored
     else:
-        config = _named_config(cfg, vocab)
+        config = _named_config(model, vocab)
         if stored is not None and stored != config:
             raise TrainError(
                 f"--model-config differs from the config.json of --init-from"
@@ -46,48 +46,84 @@ def model_config(cfg: RunConfig) -> LlamaConfig:
     return config
 
 
-def _named_config(cfg: RunConfig, vocab: int | None) -> LlamaConfig:
+def _named_config(model: Model, vocab: int | None) -> LlamaConfig:
     try:
-        if cfg.model_config in PRESETS:
+        if model.model_config in PRESETS:
             if vocab is None:
-                return preset(cfg.model_config)
-            step = cfg.make_vocab_size_divisible_by
-            return preset(cfg.model_config, vocab_size=-(-vocab // step) * step)
-        if not os.path.exists(cfg.model_config):
+                return preset(model.model_config)
+            step = model.make_vocab_size_divisible_by
+            return preset(model.model_config, vocab_size=-(-vocab // step) * step)
+        if not os.path.exists(model.model_config):
             raise TrainError(
-                f"--model-config {cfg.model_config!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
+                f"--model-config {model.model_config!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
             )
-        return LlamaConfig.from_json(cfg.model_config)
+        return LlamaConfig.from_json(model.model_config)
     except LlamaModelError as exc:
         raise TrainError(f"--model-config: {exc}") from None
 
 
-def _init_from_config(cfg: RunConfig) -> LlamaConfig | None:
-    weights = open_init_weights(cfg)
+def _init_from_config(model: Model) -> LlamaConfig | None:
+    weights = open_init_weights(model)
     try:
         config = weights.config()
     except LlamaModelError as exc:
         raise TrainError(f"--init-from: {exc}") from None
-    if config is None and cfg.model_config is None:
+    if config is None and model.model_config is None:
         raise TrainError(
-            f"--init-from {cfg.init_from}: no config.json in {weights.directory}; pass --model-config"
+            f"--init-from {model.init_from}: no config.json in {weights.directory}; pass --model-config"
         )
     return config
 
 
-def open_init_weights(cfg: RunConfig):
+def _refuse_two_formats(init_from: str) -> None:
+    """A model directory holding safetensors weights and a .pdparams file: which one is meant is
+    not for llama-train to guess (llama-ckpt-tools would read the safetensors)."""
+    from llama_ckpt import CheckpointError
+    from llama_ckpt.distcp import is_dist_checkpoint
+    from llama_ckpt.runs import resolve_checkpoint
+
+    try:
+        directory = resolve_checkpoint(init_from)
+        names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    except (CheckpointError, OSError):
+        return  # said in one line by the opening that follows
+    if not names or is_dist_checkpoint(directory):
+        return
+    safetensors = [n for n in names if n.endswith(".safetensors")]
+    pdparams = [n for n in names if n.endswith(".pdparams")]
+    if not safetensors or not pdparams:
+        return
+    here = os.path.join(init_from, "")
+    which = f"both safetensors weights ({', '.join(safetensors)}) and .pdparams weights ({', '.join(pdparams)})"
+    if len(safetensors) == 1 and len(pdparams) == 1:
+        how = (
+            f"pass the file to start from: --init-from {here}{safetensors[0]} or --init-from "
+            f"{here}{pdparams[0]} (its config.json is read all the same)"
+        )
+    elif len(pdparams) == 1:
+        how = (
+            f"move {pdparams[0]} out of it to start from the safetensors, or pass --init-from "
+            f"{here}{pdparams[0]}"
+        )
+    else:
+        how = "move the files of the weights not meant out of it"
+    raise TrainError(f"--init-from {init_from} holds {which}: {how}")
+
+
+def open_init_weights(model: Model):
     """The weights of --init-from, opened (headers only) with --init-layout."""
     from llama_model.pretrained import PretrainedWeights
 
+    _refuse_two_formats(model.init_from)
     try:
-        return PretrainedWeights.open(cfg.init_from, layout=cfg.init_layout)
+        return PretrainedWeights.open(model.init_from, layout=model.init_layout)
     except LlamaModelError as exc:
         raise TrainError(f"--init-from: {exc}") from None
 
 
-def check_init_weights(cfg: RunConfig, config: LlamaConfig):
+def check_init_weights(model: Model, config: LlamaConfig):
     """--init-from opened and checked against ``config`` (every name and shape), in one line."""
-    weights = open_init_weights(cfg)
+    weights = open_init_weights(model)
     try:
         weights.check(config)
     except LlamaModelError as exc:
@@ -103,63 +139,42 @@ def first_difference(a: LlamaConfig, b: LlamaConfig, a_name: str = "checkpoint")
     return ""
 
 
-def strategy_of(cfg: RunConfig) -> Strategy:
-    """The run's one Strategy: built by the front process from the options (the strategy string's
-    degrees, parsed once) and stored in ``cfg.parallel``; the ranks read it back from there."""
-    try:
-        if cfg.parallel is not None:
-            return Strategy.from_dict(cfg.parallel)
-        dp, mp, pp = cfg.dp_mp_pp
-        strategy = Strategy(
-            dp=dp,
-            mp=mp,
-            pp=pp,
-            micro_batches=cfg.accumulation,
-            schedule=cfg.pp_schedule,
-            virtual_pp_degree=cfg.virtual_pp_degree,
-            sequence_parallel=cfg.sequence_parallel,
-            sharding_stage=cfg.sharding_stage,
-        )
-    except LlamaModelError as exc:
-        raise TrainError(f"--strategy: {exc}") from None
-    cfg.parallel = strategy.to_dict()
-    return strategy
-
-
-def resolve_seq_len(cfg: RunConfig, config: LlamaConfig) -> None:
-    if cfg.seq_len is None:
-        cfg.seq_len = min(config.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
-    if cfg.seq_len > config.max_position_embeddings:
-        raise TrainError(
-            f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings ({config.max_position_embeddings})"
-        )
-
-
-def check_layout(cfg: RunConfig, config: LlamaConfig, strategy: Strategy) -> None:
+def check_layout(record: RunRecord, config: LlamaConfig) -> None:
     """Degrees against the model and the batch, and what the backend can run, each in one line."""
     from llama_model import check_backend_support, check_static_supported
 
+    strategy, training = record.strategy, record.options.training
     try:
-        strategy.validate(config, global_batch=cfg.batch_size)
-        check_backend_support(strategy, compute_dtype(cfg))
+        strategy.validate(config, global_batch=record.batch_size)
     except LlamaModelError as exc:
         raise TrainError(str(exc)) from None
-    if cfg.to_static:
-        if cfg.accumulation > 1:
+    # What the backend cannot run, named by the option that asks for it.
+    dtype = compute_dtype(training.amp)
+    plain = dataclasses.replace(strategy, sequence_parallel=False, sharding_stage=0)
+    with_sp = dataclasses.replace(plain, sequence_parallel=strategy.sequence_parallel)
+    for option, asked in (("--amp", plain), ("--sequence-parallel", with_sp),
+                          ("--sharding-stage", strategy)):  # fmt: skip
+        try:
+            check_backend_support(asked, dtype)
+        except LlamaModelError as exc:
+            raise TrainError(f"{option}: {exc}") from None
+    if training.to_static:
+        if record.micro_batches > 1:
             raise TrainError(
                 "--to-static runs the global batch as one micro-batch: use --grad-accum 1 "
                 "(raise --micro-batch-size instead, or leave --global-batch-size out)"
             )
         try:
-            check_static_supported(strategy, compute_dtype=compute_dtype(cfg))
+            check_static_supported(strategy, compute_dtype=dtype)
         except LlamaModelError as exc:
             raise TrainError(f"--to-static: {exc}") from None
 
 
-def compute_dtype(cfg: RunConfig) -> str:
-    if cfg.amp == "fp16":
+def compute_dtype(amp: str) -> str:
+    """The compute dtype of --amp."""
+    if amp == "fp16":
         raise TrainError(
             "--amp fp16 is not supported: the model computes in float32 or bfloat16 (fp16 would need "
             "loss scaling, and on CPU Paddle 3.3.1 has no fp16 training kernels); use --amp bf16 on a GPU"
         )
-    return {"off": "float32", "bf16": "bfloat16"}[cfg.amp]
+    return {"off": "float32", "bf16": "bfloat16"}[amp]

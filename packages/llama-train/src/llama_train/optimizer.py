@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from llama_model import ParallelModel
 from llama_model.paddle_compat import optimizer as compat_optimizer
-from llama_train.options import RunConfig
+from llama_train.options import Optimizer
 
 OPTIMIZER_PREFIX = "optimizer."
 
@@ -23,7 +23,7 @@ def no_decay(name: str) -> bool:
     return name.endswith("norm.weight")
 
 
-def build_optimizer(pm: ParallelModel, cfg: RunConfig):
+def build_optimizer(pm: ParallelModel, cfg: Optimizer):
     """AdamW over this rank's parameters (the eager step wraps it with ``pm.shard_optimizer``; the
     compiled step hands it to ``dist.to_static`` as it is)."""
     import paddle

@@ -1,24 +1,27 @@
-"""The run configuration: every option of a training job, its default, and where values come from.
+"""The options of a training job, one frozen dataclass per section, and where their values come from.
 
-Precedence: built-in defaults < ``--config run.toml|run.json`` < command-line flags. The resolved
-configuration is written to ``OUTPUT/run_config.json`` and is what every rank reads, so a job is
-described by one file. Defaults follow the upstream PaddleNLP LLaMA pretraining recipe where they
-make sense (lr 3e-5 → 3e-6, 1% warmup, weight decay 0.01, clip 1.0, split 949,50,1, seed 1234).
+Precedence: built-in defaults < ``--config run.toml|run.json`` < command-line flags. A config file
+holds one table per section (``[parallel] strategy = "dp2mp2pp2"``); the flags keep one flat name
+each (``--strategy``), which is also the option's key in its section. Defaults follow the upstream
+PaddleNLP LLaMA pretraining recipe where they make sense (lr 3e-5 → 3e-6, 1% warmup, weight decay
+0.01, clip 1.0, split 949,50,1, seed 1234).
 
-Option names are the dataclass field names with ``-`` for ``_`` (``--micro-batch-size``), and the
-same names with ``_`` or ``-`` in a config file.
+Each option is declared once, as a field of its section: its type is the annotation (the one
+source of the click types and of the coercion of file values, ``Kind``), its default the field's,
+its help text and bounds a ``Rule`` in the field's metadata. ``resolve`` merges the sources into a
+frozen ``RunConfig`` and checks it; what the front process derives from it (the parallel
+``Strategy``, the sequence length, the resume target, the init weights) is ``RunRecord``'s, never
+written back into the options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
-
-import tomllib
 
 from llama_train.errors import TrainError
 
@@ -27,514 +30,519 @@ DECAY_CHOICES = ("linear", "cosine", "constant")
 SCHEDULE_CHOICES = ("1F1B", "FThenB", "VPP")
 RECOMPUTE_CHOICES = ("full", "attention")
 INIT_LAYOUTS = ("hf", "paddle")
-CONFIG_FORMAT = 1
+# The version of the sectioned form (``format`` in run_config.json and in --print-config's output).
+# Version 1 is the flat form (every option at the top level), still read so that the run
+# directories and config files written in it keep working.
+CONFIG_FORMAT = 2
 
 
-def _meta(help: str, **extra) -> dict[str, Any]:
-    """An option's help text and its checks (required, multiple, choices, min, flag, kind)."""
-    return {"help": help, **extra}
+@dataclass(frozen=True)
+class Rule:
+    """What is said and checked about an option besides its type."""
+
+    help: str
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    min: float | None = None  # the value is ≥ min
+    above: float | None = None  # the value is > above
 
 
-@dataclass
+def option(default: Any, help: str, **rules: Any) -> Any:
+    return field(default=default, metadata={"rule": Rule(help, **rules)})
+
+
+# ------------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class Job:
+    """Run directory."""
+
+    output: str | None = option(
+        None, "Run directory: run_config.json, metrics.jsonl, logs/, checkpoints/.", required=True
+    )
+
+
+@dataclass(frozen=True)
+class Model:
+    """Model and initial weights."""
+
+    model_config: str | None = option(
+        None,
+        "A preset name (tiny, bench-t, llama2-7b, ...) or a config.json / model directory "
+        "(default with --init-from: its config.json).",
+    )
+    init_from: str | None = option(
+        None,
+        "Start from these weights (fresh optimizer and schedule): a Hugging Face or PaddleNLP "
+        "model directory, a .safetensors or .pdparams file, or a llama-train checkpoint or run "
+        "directory. Each rank reads only its shards. Ignored when --resume finds a checkpoint.",
+    )
+    init_layout: str | None = option(
+        None,
+        "Layout of --init-from (default: told by the tensor names): hf (transformers names, "
+        "Linear weights [out, in]) or paddle (PaddleNLP names, [in, out]).",
+        choices=INIT_LAYOUTS,
+    )
+    tokenizer: str | None = option(
+        None,
+        "The tokenizer the data was made with (SentencePiece .model, tokenizer.json, directory "
+        "or 'byte'): sets a preset's vocabulary and is copied into every checkpoint.",
+    )
+    make_vocab_size_divisible_by: int = option(
+        128, "A preset's vocabulary is the tokenizer's, rounded up to a multiple of this.", min=1
+    )
+
+
+@dataclass(frozen=True)
+class Data:
+    """Data: the corpus and its sample order."""
+
+    data: tuple[str, ...] = option(
+        (),
+        "Data prefix (PREFIX.bin/.idx); repeat for a blend, or one 'W1 P1 W2 P2' string.",
+        required=True,
+    )
+    data_weights: tuple[float, ...] | None = option(
+        None, "Blend weights, one per --data (comma-separated)."
+    )
+    split: str = option("949,50,1", "Train/valid/test split of the documents.")
+    data_cache_dir: str | None = option(
+        None, "Where sample indices are cached (default: index-cache/ beside the data)."
+    )
+    max_epochs: int = option(
+        1, "Passes over the train split the run may make; more steps than that is refused.", min=1
+    )
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Parallel layout: data, tensor and pipeline parallel degrees and their options."""
+
+    strategy: str = option(
+        "dp1", "Parallel layout, e.g. dp2mp2pp2, mp2, dp4mp2 (degrees multiply to the processes)."
+    )
+    pp_schedule: str = option("1F1B", "Pipeline schedule when pp > 1.", choices=SCHEDULE_CHOICES)
+    virtual_pp_degree: int = option(
+        1,
+        "Chunks of layers per pipeline rank under --pp-schedule VPP (interleaved: rank r runs "
+        "chunks r, r+pp, ...); needs the layers to split evenly into pp × this many chunks.",
+        min=1,
+    )
+    sequence_parallel: bool = option(
+        False,
+        "Split the activations along the sequence over mp between the tensor-parallel blocks "
+        "(needs mp > 1; GPU only: it reduce-scatters).",
+    )
+    sharding_stage: int = option(
+        0,
+        "ZeRO sharding over dp: 1 optimizer state, 2 also gradients, 3 also parameters; 0 off "
+        "(needs dp > 1; GPU only: it reduce-scatters).",
+        min=0,
+    )
+
+
+@dataclass(frozen=True)
+class Training:
+    """Training: batch, sequence, steps and how each step computes."""
+
+    seq_len: int | None = option(
+        None,
+        "Tokens per sample (default: the model's max_position_embeddings, at most 2048).",
+        min=1,
+    )
+    micro_batch_size: int = option(1, "Samples per micro-batch per data-parallel rank.", min=1)
+    grad_accum: int | None = option(
+        None,
+        "Micro-batches per step (gradient accumulation; pipeline micro-batches). Default 1, or "
+        "from --global-batch-size.",
+        min=1,
+    )
+    global_batch_size: int | None = option(
+        None, "Samples per step; sets --grad-accum = global / (micro-batch-size × dp).", min=1
+    )
+    max_steps: int = option(
+        2000, "Optimizer steps of the whole run (a resumed run continues up to it).", min=1
+    )
+    seed: int = option(1234, "Seed of the weights, the data order and every random draw.")
+    amp: str = option(
+        "off",
+        "Mixed precision compute (GPU only; parameters and optimizer stay float32).",
+        choices=AMP_CHOICES,
+    )
+    to_static: bool = option(
+        False, "Compile the step with dist.to_static (where the backend supports it)."
+    )
+    recompute: bool = option(False, "Recompute activations in the backward pass (saves memory).")
+    recompute_granularity: str = option(
+        "full",
+        "What --recompute recomputes: each decoder layer or the attention block.",
+        choices=RECOMPUTE_CHOICES,
+    )
+
+    def micro_batches(self, dp: int) -> int:
+        """Micro-batches per step: --grad-accum, else what --global-batch-size makes of it."""
+        if self.grad_accum is not None:
+            return self.grad_accum
+        if self.global_batch_size is not None:
+            return self.global_batch_size // (self.micro_batch_size * dp)
+        return 1
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """Optimizer: AdamW and the gradient clipping before it."""
+
+    lr: float = option(3e-5, "Peak learning rate.", min=0.0)
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_eps: float = option(1e-8, "AdamW epsilon.")
+    weight_decay: float = option(
+        0.01, "AdamW decoupled weight decay (not applied to norm weights).", min=0.0
+    )
+    clip_grad: float = option(
+        1.0, "Clip gradients to this global L2 norm over all shards and stages (0: off).", min=0.0
+    )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning-rate schedule: warmup, then decay to a minimum."""
+
+    min_lr: float = option(3e-6, "Learning rate at the end of the decay.", min=0.0)
+    warmup_steps: int | None = option(
+        None, "Linear warmup steps (default: 1% of --max-steps).", min=0
+    )
+    decay_steps: int | None = option(
+        None, "Step at which the decay reaches --min-lr (default: --max-steps).", min=1
+    )
+    decay_style: str = option("linear", "Decay after warmup.", choices=DECAY_CHOICES)
+
+
+@dataclass(frozen=True)
+class Eval:
+    """Evaluation on the valid split."""
+
+    eval_every: int = option(1000, "Evaluate on the valid split every N steps (0: never).", min=0)
+    eval_iters: int = option(
+        10,
+        "Global batches per evaluation (the first ones of the valid split, the same each time).",
+        min=1,
+    )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Checkpoints: saving and resuming."""
+
+    save_every: int = option(
+        1000, "Save a checkpoint every N steps (0: only at the end and on SIGTERM).", min=0
+    )
+    keep_last: int = option(
+        2,
+        "Checkpoints kept (older ones are deleted after a newer one is complete; 0: keep all).",
+        min=0,
+    )
+    resume: str | None = option(
+        None, "'auto' (the latest checkpoint of OUTPUT, if any) or a checkpoint directory."
+    )
+
+
+@dataclass(frozen=True)
+class Logging:
+    """Logging: what each logged step reports, and where."""
+
+    log_every: int = option(1, "Log a line and a metrics record every N steps.", min=1)
+    report_to: str = option(
+        "jsonl",
+        "Where records go, comma-separated: jsonl (OUTPUT/metrics.jsonl, always), tensorboard, "
+        "wandb, visualdl (each an extra: pip install 'llama-train[tensorboard]', ...).",
+    )
+    peak_tflops: float | None = option(
+        None,
+        "Peak TFLOP/s of one device, for MFU, > 0 (default: known GPUs in the compute dtype; "
+        "none on CPU).",
+        above=0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Profiling:
+    """Profiling: Paddle's profiler over a range of steps."""
+
+    profile_steps: str | None = option(
+        None,
+        "Profile steps A-B (e.g. 5-7): a Paddle profiler trace per rank under "
+        "OUTPUT/profile/step-A-B/rank-N/ and the operator table once; nothing outside them.",
+    )
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Launch: processes and nodes, as paddle.distributed.launch starts them."""
+
+    nproc_per_node: int | None = option(
+        None, "Processes on this node (default: the strategy's size / --nnodes).", min=1
+    )
+    nnodes: int = option(
+        1, "Nodes of a multi-node job (passed to paddle.distributed.launch).", min=1
+    )
+    master: str | None = option(None, "IP:PORT of the rendezvous for a multi-node job.")
+    node_rank: int | None = option(None, "This node's rank in a multi-node job.", min=0)
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    # --------------------------------------------------------------------------- what to train
-    model_config: str | None = field(
-        default=None,
-        metadata=_meta(
-            "A preset name (tiny, bench-t, llama2-7b, ...) or a config.json / model directory "
-            "(default with --init-from: its config.json)."
-        ),
-    )
-    init_from: str | None = field(
-        default=None,
-        metadata=_meta(
-            "Start from these weights (fresh optimizer and schedule): a Hugging Face or PaddleNLP "
-            "model directory, a .safetensors or .pdparams file, or a llama-train checkpoint or run "
-            "directory. Each rank reads only its shards. Ignored when --resume finds a checkpoint."
-        ),
-    )
-    init_layout: str | None = field(
-        default=None,
-        metadata=_meta(
-            "Layout of --init-from (default: told by the tensor names): hf (transformers names, "
-            "Linear weights [out, in]) or paddle (PaddleNLP names, [in, out]).",
-            choices=INIT_LAYOUTS,
-        ),
-    )
-    data: list[str] = field(
-        default=None,
-        metadata=_meta(
-            "Data prefix (PREFIX.bin/.idx); repeat for a blend, or one 'W1 P1 W2 P2' string.",
-            required=True,
-            multiple=True,
-        ),
-    )
-    data_weights: list[float] | None = field(
-        default=None,
-        metadata=_meta("Blend weights, one per --data (comma-separated).", kind="floats"),
-    )
-    tokenizer: str | None = field(
-        default=None,
-        metadata=_meta(
-            "The tokenizer the data was made with (SentencePiece .model, tokenizer.json, directory or 'byte'): sets a preset's vocabulary and is copied into every checkpoint."
-        ),
-    )
-    output: str = field(
-        default=None,
-        metadata=_meta(
-            "Run directory: run_config.json, metrics.jsonl, logs/, checkpoints/.", required=True
-        ),
-    )
-    strategy: str = field(
-        default="dp1",
-        metadata=_meta(
-            "Parallel layout, e.g. dp2mp2pp2, mp2, dp4mp2 (degrees multiply to the processes)."
-        ),
-    )
-    split: str = field(
-        default="949,50,1", metadata=_meta("Train/valid/test split of the documents.")
-    )
-    data_cache_dir: str | None = field(
-        default=None,
-        metadata=_meta("Where sample indices are cached (default: index-cache/ beside the data)."),
-    )
-    max_epochs: int = field(
-        default=1,
-        metadata=_meta(
-            "Passes over the train split the run may make; more steps than that is refused.", min=1
-        ),
-    )
-    make_vocab_size_divisible_by: int = field(
-        default=128,
-        metadata=_meta(
-            "A preset's vocabulary is the tokenizer's, rounded up to a multiple of this.", min=1
-        ),
-    )
-    # ---------------------------------------------------------------------------- batch, steps
-    seq_len: int | None = field(
-        default=None,
-        metadata=_meta(
-            "Tokens per sample (default: the model's max_position_embeddings, at most 2048).", min=1
-        ),
-    )
-    micro_batch_size: int = field(
-        default=1, metadata=_meta("Samples per micro-batch per data-parallel rank.", min=1)
-    )
-    grad_accum: int | None = field(
-        default=None,
-        metadata=_meta(
-            "Micro-batches per step (gradient accumulation; pipeline micro-batches). Default 1, or from --global-batch-size.",
-            min=1,
-        ),
-    )
-    global_batch_size: int | None = field(
-        default=None,
-        metadata=_meta(
-            "Samples per step; sets --grad-accum = global / (micro-batch-size × dp).", min=1
-        ),
-    )
-    max_steps: int = field(
-        default=2000,
-        metadata=_meta(
-            "Optimizer steps of the whole run (a resumed run continues up to it).", min=1
-        ),
-    )
-    # ------------------------------------------------------------------------------ optimizer
-    lr: float = field(default=3e-5, metadata=_meta("Peak learning rate.", min=0.0))
-    min_lr: float = field(
-        default=3e-6, metadata=_meta("Learning rate at the end of the decay.", min=0.0)
-    )
-    warmup_steps: int | None = field(
-        default=None, metadata=_meta("Linear warmup steps (default: 1% of --max-steps).", min=0)
-    )
-    decay_steps: int | None = field(
-        default=None,
-        metadata=_meta("Step at which the decay reaches --min-lr (default: --max-steps).", min=1),
-    )
-    decay_style: str = field(
-        default="linear", metadata=_meta("Decay after warmup.", choices=DECAY_CHOICES)
-    )
-    adam_beta1: float = field(default=0.9, metadata=_meta("AdamW beta1."))
-    adam_beta2: float = field(default=0.999, metadata=_meta("AdamW beta2."))
-    adam_eps: float = field(default=1e-8, metadata=_meta("AdamW epsilon."))
-    weight_decay: float = field(
-        default=0.01,
-        metadata=_meta("AdamW decoupled weight decay (not applied to norm weights).", min=0.0),
-    )
-    clip_grad: float = field(
-        default=1.0,
-        metadata=_meta(
-            "Clip gradients to this global L2 norm over all shards and stages (0: off).", min=0.0
-        ),
-    )
-    seed: int = field(
-        default=1234, metadata=_meta("Seed of the weights, the data order and every random draw.")
-    )
-    # ------------------------------------------------------------------------ parallel, compute
-    pp_schedule: str = field(
-        default="1F1B", metadata=_meta("Pipeline schedule when pp > 1.", choices=SCHEDULE_CHOICES)
-    )
-    virtual_pp_degree: int = field(
-        default=1,
-        metadata=_meta(
-            "Chunks of layers per pipeline rank under --pp-schedule VPP (interleaved: rank r runs "
-            "chunks r, r+pp, ...); needs the layers to split evenly into pp × this many chunks.",
-            min=1,
-        ),
-    )
-    sequence_parallel: bool = field(
-        default=False,
-        metadata=_meta(
-            "Split the activations along the sequence over mp between the tensor-parallel blocks "
-            "(needs mp > 1; GPU only: it reduce-scatters).",
-            flag=True,
-        ),
-    )
-    sharding_stage: int = field(
-        default=0,
-        metadata=_meta(
-            "ZeRO sharding over dp: 1 optimizer state, 2 also gradients, 3 also parameters; 0 off "
-            "(needs dp > 1; GPU only: it reduce-scatters).",
-            min=0,
-        ),
-    )
-    recompute: bool = field(
-        default=False,
-        metadata=_meta("Recompute activations in the backward pass (saves memory).", flag=True),
-    )
-    recompute_granularity: str = field(
-        default="full",
-        metadata=_meta(
-            "What --recompute recomputes: each decoder layer or the attention block.",
-            choices=RECOMPUTE_CHOICES,
-        ),
-    )
-    amp: str = field(
-        default="off",
-        metadata=_meta(
-            "Mixed precision compute (GPU only; parameters and optimizer stay float32).",
-            choices=AMP_CHOICES,
-        ),
-    )
-    to_static: bool = field(
-        default=False,
-        metadata=_meta(
-            "Compile the step with dist.to_static (where the backend supports it).", flag=True
-        ),
-    )
-    # ---------------------------------------------------------------------------- eval, logging
-    eval_every: int = field(
-        default=1000, metadata=_meta("Evaluate on the valid split every N steps (0: never).", min=0)
-    )
-    eval_iters: int = field(
-        default=10,
-        metadata=_meta(
-            "Global batches per evaluation (the first ones of the valid split, the same each time).",
-            min=1,
-        ),
-    )
-    log_every: int = field(
-        default=1, metadata=_meta("Log a line and a metrics record every N steps.", min=1)
-    )
-    report_to: str = field(
-        default="jsonl",
-        metadata=_meta(
-            "Where records go, comma-separated: jsonl (OUTPUT/metrics.jsonl, always), tensorboard, "
-            "wandb, visualdl (each an extra: pip install 'llama-train[tensorboard]', ...)."
-        ),
-    )
-    profile_steps: str | None = field(
-        default=None,
-        metadata=_meta(
-            "Profile steps A-B (e.g. 5-7): a Paddle profiler trace per rank under "
-            "OUTPUT/profile/step-A-B/rank-N/ and the operator table once; nothing outside them."
-        ),
-    )
-    peak_tflops: float | None = field(
-        default=None,
-        metadata=_meta(
-            "Peak TFLOP/s of one device, for MFU (default: known GPUs in the compute dtype; none on CPU).",
-            min=0.0,
-        ),
-    )
-    # ------------------------------------------------------------------------------ checkpoints
-    save_every: int = field(
-        default=1000,
-        metadata=_meta(
-            "Save a checkpoint every N steps (0: only at the end and on SIGTERM).", min=0
-        ),
-    )
-    keep_last: int = field(
-        default=2,
-        metadata=_meta(
-            "Checkpoints kept (older ones are deleted after a newer one is complete; 0: keep all).",
-            min=0,
-        ),
-    )
-    resume: str | None = field(
-        default=None,
-        metadata=_meta(
-            "'auto' (the latest checkpoint of OUTPUT, if any) or a checkpoint directory."
-        ),
-    )
-    # -------------------------------------------------------------------------------- launching
-    nproc_per_node: int | None = field(
-        default=None,
-        metadata=_meta("Processes on this node (default: the strategy's size / --nnodes).", min=1),
-    )
-    nnodes: int = field(
-        default=1,
-        metadata=_meta("Nodes of a multi-node job (passed to paddle.distributed.launch).", min=1),
-    )
-    master: str | None = field(
-        default=None, metadata=_meta("IP:PORT of the rendezvous for a multi-node job.")
-    )
-    node_rank: int | None = field(
-        default=None, metadata=_meta("This node's rank in a multi-node job.", min=0)
-    )
-    # ------------------------------------------------------------ resolved, not options
-    parallel: dict | None = field(
-        default=None,
-        metadata=_meta(
-            "The run's llama_model.Strategy (Strategy.to_dict), built once by the front process "
-            "from --strategy and the pipeline, sharding and batch options; what every rank uses.",
-            internal=True,
-        ),
-    )
-    init_source: dict | None = field(
-        default=None,
-        metadata=_meta(
-            "What --init-from resolved to (path, format, layout, digest), written by the front "
-            "process; None when the run does not start from weights.",
-            internal=True,
-        ),
-    )
+    """Every option of a training job, by section (``cfg.parallel.strategy``)."""
 
-    # ------------------------------------------------------------------------------- derived
-    @property
-    def dp_mp_pp(self) -> tuple[int, int, int]:
-        return _degrees(self.strategy)
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    parallel: Parallel = field(default_factory=Parallel)
+    training: Training = field(default_factory=Training)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    schedule: Schedule = field(default_factory=Schedule)
+    eval: Eval = field(default_factory=Eval)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    logging: Logging = field(default_factory=Logging)
+    profiling: Profiling = field(default_factory=Profiling)
+    launch: Launch = field(default_factory=Launch)
 
-    @property
-    def world_size(self) -> int:
-        dp, mp, pp = self.dp_mp_pp
-        return dp * mp * pp
+    def value(self, name: str) -> Any:
+        """One option by its flat name (``"strategy"``)."""
+        return getattr(getattr(self, OPTIONS[name].section), name)
 
-    @property
-    def accumulation(self) -> int:
-        return self.grad_accum or 1
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name, as the flags name them."""
+        return {name: self.value(name) for name in OPTIONS}
 
-    @property
-    def batch_size(self) -> int:
-        """Samples per optimizer step (the global batch)."""
-        return self.micro_batch_size * self.dp_mp_pp[0] * self.accumulation
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    @property
-    def warmup(self) -> int:
-        return (
-            self.warmup_steps if self.warmup_steps is not None else math.ceil(0.01 * self.max_steps)
-        )
-
-    @property
-    def decay_end(self) -> int:
-        return self.decay_steps if self.decay_steps is not None else self.max_steps
-
-    @property
-    def procs_per_node(self) -> int:
-        return self.nproc_per_node or max(1, self.world_size // self.nnodes)
-
-    @property
-    def launched(self) -> bool:
-        """Whether the job runs through paddle.distributed.launch (else in this very process)."""
-        return self.world_size > 1 or self.nnodes > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": CONFIG_FORMAT, **dataclasses.asdict(self)}
-
-    def write(self, path: str) -> None:
-        from llama_ckpt.atomic import write_atomic
-
-        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Every option by section, as a config file holds them (lists for tuples)."""
+        return {
+            section: {name: plain(self.value(name)) for name in names}
+            for section, names in SECTION_OPTIONS.items()
+        }
 
     @classmethod
     def read(cls, path: str) -> RunConfig:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        data.pop("format", None)
-        return cls(**data)
+        """The options of a config file (any form, run_config.json included), checked."""
+        from llama_train.config_file import read_config_file  # which imports this module
+
+        return resolve(read_config_file(path), {})
 
 
-@functools.lru_cache(maxsize=8)
-def _degrees(spec: str) -> tuple[int, int, int]:
-    """(dp, mp, pp) of a strategy string, parsed once per string (the step loop reads them)."""
-    from llama_model import Strategy  # late: only the derived values need it
-
-    s = Strategy.parse(spec)
-    return s.dp, s.mp, s.pp
+def plain(value: Any) -> Any:
+    """An option's value as a file holds it (a list for a tuple)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-OPTIONS = {name: f for name, f in FIELDS.items() if not f.metadata.get("internal")}
+# ------------------------------------------------------------------------------ types and rules
+@dataclass(frozen=True)
+class Kind:
+    """An option's type, read from its annotation: a scalar, or a tuple of them."""
+
+    base: type  # str, int, float or bool
+    sequence: bool = False
+
+    @classmethod
+    def of(cls, hint: Any) -> Kind:
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if typing.get_origin(hint) is tuple:
+            return cls(typing.get_args(hint)[0], sequence=True)
+        if hint not in (str, int, float, bool):
+            raise TypeError(f"an option cannot have type {hint!r}")
+        return cls(hint)
+
+    def describe(self) -> str:
+        one = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+        many = {str: "a list of strings", float: "a list of numbers", int: "a list of integers"}
+        return many[self.base] if self.sequence else one[self.base]
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """``value`` as this kind (a tuple for a sequence); ``where`` names it in the refusal.
+        A sequence also takes one string: ``data`` one prefix or blend, numbers comma-separated
+        (what its flag gives)."""
+        if self.sequence:
+            if isinstance(value, str):
+                if self.base is str:
+                    return (value,)
+                try:
+                    return tuple(self.base(item) for item in value.replace(",", " ").split())
+                except ValueError:
+                    raise TrainError(f"{where} must be {self.describe()}, got {value!r}") from None
+            if not isinstance(value, (list, tuple)) or not all(self._fits(v) for v in value):
+                raise TrainError(f"{where} must be {self.describe()}, got {value!r}")
+            return tuple(self.base(v) for v in value)
+        if not self._fits(value):
+            raise TrainError(f"{where} must be {self.describe()}, got {value!r}")
+        return self.base(value)
+
+    def _fits(self, value: Any) -> bool:
+        if isinstance(value, bool):  # a bool is an int to Python, not to a config file
+            return self.base is bool
+        if self.base is float:
+            return isinstance(value, (int, float))
+        return isinstance(value, self.base)
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """The options of a ``.toml`` or ``.json`` file, keys normalised to field names."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise TrainError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        if path.endswith(".toml"):
-            data = tomllib.loads(raw.decode("utf-8"))
-        elif path.endswith(".json"):
-            data = json.loads(raw)
-        else:
-            raise TrainError(f"config file {path} must end in .toml or .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrainError(f"config file {path} is not valid: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise TrainError(f"config file {path} must hold a table of options")
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its flat name, section, type, default and rule."""
+
+    name: str
+    section: str
+    kind: Kind
+    default: Any
+    rule: Rule
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+def _specs() -> dict[str, OptionSpec]:
     out = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name == "format":
-            continue
-        if name not in OPTIONS:
-            raise TrainError(f"config file {path}: unknown option {key!r}")
-        out[name] = value
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in out:
+                raise TypeError(f"option {f.name!r} is declared in two sections")
+            kind = Kind.of(hints[f.name])
+            out[f.name] = OptionSpec(f.name, section, kind, f.default, f.metadata["rule"])
     return out
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Values from a file or flags into the field's type (lists for data, floats for weights)."""
-    meta = FIELDS[name].metadata
-    if value is None:
-        return None
-    if meta.get("multiple"):
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-    if meta.get("kind") == "floats":
-        items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-        try:
-            return [float(v) for v in items]
-        except ValueError:
-            raise TrainError(f"--{name.replace('_', '-')} must be numbers, got {value!r}") from None
-    default = FIELDS[name].default
-    kind = type(default) if default is not None else None
-    annotation = str(FIELDS[name].type)
-    try:
-        if kind is bool or meta.get("flag"):
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if kind is int or "int" in annotation:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind is float or "float" in annotation:
-            return float(value)
-    except (TypeError, ValueError):
-        raise TrainError(f"--{name.replace('_', '-')}: {value!r} is not a valid value") from None
-    return str(value)
+SECTIONS: dict[str, type] = _section_classes()
+OPTIONS: dict[str, OptionSpec] = _specs()  # every option by flat name, in declaration order
+SECTION_OPTIONS: dict[str, list[str]] = {
+    section: [f.name for f in dataclasses.fields(cls)] for section, cls in SECTIONS.items()
+}
 
 
+# ------------------------------------------------------------------------------ resolution
 def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
-    """Defaults < file < flags (a flag left unset is None and does not override)."""
+    """Defaults < file (``config_file.read_config_file``) < flags (a flag left unset is None, or an
+    empty tuple for a repeated flag, and does not override), each value coerced to its option's
+    type, then checked."""
     merged: dict[str, Any] = {}
     for source in (file_values, flag_values):
         for name, value in source.items():
-            if value is None or (FIELDS[name].metadata.get("multiple") and value == ()):
+            if value is None or value == ():
                 continue
-            merged[name] = _coerce(name, value)
-    for name, f in FIELDS.items():
-        if f.metadata.get("required") and merged.get(name) in (None, []):
-            raise TrainError(
-                f"missing option --{name.replace('_', '-')} (on the command line or in --config)"
-            )
-    if merged.get("model_config") is None and merged.get("init_from") is None:
+            spec = OPTIONS[name]
+            merged[name] = spec.kind.coerce(value, spec.flag)
+    sections = {
+        section: cls(**{n: merged[n] for n in SECTION_OPTIONS[section] if n in merged})
+        for section, cls in SECTIONS.items()
+    }
+    cfg = RunConfig(**sections)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RunConfig) -> None:
+    """The checks that need no data and no model: each option's rule, then their consistency.
+    Raises TrainError with one line; changes nothing."""
+    from llama_model import LlamaModelError, Strategy
+
+    for name, spec in OPTIONS.items():
+        value = cfg.value(name)
+        rule = spec.rule
+        if rule.required and value in (None, ()):
+            raise TrainError(f"missing option {spec.flag} (on the command line or in --config)")
+        if value is None:
+            continue
+        # Every float (and float list) is finite: NaN passes any comparison below and ∞ most.
+        for number in value if isinstance(value, tuple) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                what = "finite numbers" if isinstance(value, tuple) else "a finite number"
+                raise TrainError(f"{spec.flag} must be {what}, got {number}")
+        if rule.choices and value not in rule.choices:
+            raise TrainError(f"{spec.flag} must be one of {', '.join(rule.choices)}, got {value!r}")
+        if rule.min is not None and value < rule.min:
+            raise TrainError(f"{spec.flag} must be ≥ {rule.min}, got {value}")
+        if rule.above is not None and not value > rule.above:
+            raise TrainError(f"{spec.flag} must be > {rule.above:g}, got {value:g}")
+    if cfg.model.model_config is None and cfg.model.init_from is None:
         raise TrainError(
             "missing option --model-config (a preset or config.json), or --init-from (weights with "
             "their config.json)"
         )
-    cfg = RunConfig(**merged)
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: RunConfig) -> None:
-    """Checks that need no data and no model: value ranges and the options' consistency."""
-    from llama_model import LlamaModelError
-
-    for name, f in FIELDS.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        # Every float (and float list) is finite: NaN passes any comparison below and ∞ most.
-        for number in value if isinstance(value, list) else [value]:
-            if isinstance(number, float) and not math.isfinite(number):
-                what = "finite numbers" if isinstance(value, list) else "a finite number"
-                raise TrainError(f"--{name.replace('_', '-')} must be {what}, got {number}")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise TrainError(
-                f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}"
-            )
-        low = f.metadata.get("min")
-        if low is not None and value < low:
-            raise TrainError(f"--{name.replace('_', '-')} must be ≥ {low}, got {value}")
     try:
-        dp, mp, pp = cfg.dp_mp_pp  # the one parse of the string (cached)
+        degrees = Strategy.parse(cfg.parallel.strategy)
     except LlamaModelError as exc:
         raise TrainError(f"--strategy: {exc}") from None
-    if cfg.data_weights is not None and len(cfg.data_weights) != len(cfg.data):
+    data, training = cfg.data, cfg.training
+    if data.data_weights is not None and len(data.data_weights) != len(data.data):
         raise TrainError(
-            f"{len(cfg.data_weights)} --data-weights for {len(cfg.data)} --data prefixes"
+            f"{len(data.data_weights)} --data-weights for {len(data.data)} --data prefixes"
         )
-    if cfg.global_batch_size is not None:
-        per_pass = cfg.micro_batch_size * dp
-        if cfg.global_batch_size % per_pass:
+    if training.global_batch_size is not None:
+        per_pass = training.micro_batch_size * degrees.dp
+        if training.global_batch_size % per_pass:
             raise TrainError(
-                f"--global-batch-size {cfg.global_batch_size} is not a multiple of micro-batch-size "
-                f"{cfg.micro_batch_size} × dp{dp} = {per_pass}"
+                f"--global-batch-size {training.global_batch_size} is not a multiple of "
+                f"micro-batch-size {training.micro_batch_size} × dp{degrees.dp} = {per_pass}"
             )
-        accum = cfg.global_batch_size // per_pass
-        if cfg.grad_accum is not None and cfg.grad_accum != accum:
+        accum = training.global_batch_size // per_pass
+        if training.grad_accum is not None and training.grad_accum != accum:
             raise TrainError(
-                f"--grad-accum {cfg.grad_accum} contradicts --global-batch-size {cfg.global_batch_size} "
-                f"(which needs {accum})"
+                f"--grad-accum {training.grad_accum} contradicts --global-batch-size "
+                f"{training.global_batch_size} (which needs {accum})"
             )
-        cfg.grad_accum = accum
     from llama_train.reporting import parse_report_to
 
-    parse_report_to(cfg.report_to)
-    if cfg.profile_steps is not None:
-        _, last = parse_profile_steps(cfg.profile_steps)
-        if last > cfg.max_steps:
+    parse_report_to(cfg.logging.report_to)
+    if cfg.profiling.profile_steps is not None:
+        _, last = parse_profile_steps(cfg.profiling.profile_steps)
+        if last > training.max_steps:
             raise TrainError(
-                f"--profile-steps {cfg.profile_steps} ends after --max-steps {cfg.max_steps}"
+                f"--profile-steps {cfg.profiling.profile_steps} ends after --max-steps "
+                f"{training.max_steps}"
             )
-    if cfg.min_lr > cfg.lr:
-        raise TrainError(f"--min-lr {cfg.min_lr} exceeds --lr {cfg.lr}")
-    if not 0 <= cfg.adam_beta1 < 1 or not 0 <= cfg.adam_beta2 < 1:
+    opt, schedule = cfg.optimizer, cfg.schedule
+    if schedule.min_lr > opt.lr:
+        raise TrainError(f"--min-lr {schedule.min_lr} exceeds --lr {opt.lr}")
+    if not 0 <= opt.adam_beta1 < 1 or not 0 <= opt.adam_beta2 < 1:
         raise TrainError("--adam-beta1 and --adam-beta2 must lie in [0, 1)")
-    if not cfg.adam_eps > 0:
+    if not opt.adam_eps > 0:
         raise TrainError("--adam-eps must be > 0")
-    if cfg.warmup > cfg.decay_end:
-        raise TrainError(f"--warmup-steps {cfg.warmup} exceeds the decay's end ({cfg.decay_end})")
-    world = dp * mp * pp
-    if cfg.nnodes > 1 and cfg.master is None:
+    if warmup_steps(cfg) > decay_end(cfg):
         raise TrainError(
-            f"--nnodes {cfg.nnodes} needs --master IP:PORT (the rendezvous of the nodes)"
+            f"--warmup-steps {warmup_steps(cfg)} exceeds the decay's end ({decay_end(cfg)})"
         )
-    if cfg.procs_per_node * cfg.nnodes != world:
+    launch = cfg.launch
+    if launch.nnodes > 1 and launch.master is None:
         raise TrainError(
-            f"strategy {cfg.strategy} needs {world} processes but --nproc-per-node {cfg.procs_per_node} × "
-            f"--nnodes {cfg.nnodes} = {cfg.procs_per_node * cfg.nnodes}"
+            f"--nnodes {launch.nnodes} needs --master IP:PORT (the rendezvous of the nodes)"
         )
+    world = degrees.world_size
+    per_node = procs_per_node(cfg, world)
+    if per_node * launch.nnodes != world:
+        raise TrainError(
+            f"strategy {cfg.parallel.strategy} needs {world} processes but --nproc-per-node "
+            f"{per_node} × --nnodes {launch.nnodes} = {per_node * launch.nnodes}"
+        )
+
+
+def warmup_steps(cfg: RunConfig) -> int:
+    """--warmup-steps, by default 1% of --max-steps (rounded up)."""
+    given = cfg.schedule.warmup_steps
+    return given if given is not None else math.ceil(0.01 * cfg.training.max_steps)
+
+
+def decay_end(cfg: RunConfig) -> int:
+    """The step at which the decay reaches --min-lr: --decay-steps, by default --max-steps."""
+    given = cfg.schedule.decay_steps
+    return given if given is not None else cfg.training.max_steps
+
+
+def procs_per_node(cfg: RunConfig, world_size: int) -> int:
+    return cfg.launch.nproc_per_node or max(1, world_size // cfg.launch.nnodes)
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int]:

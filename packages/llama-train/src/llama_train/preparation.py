@@ -9,29 +9,33 @@ here costs a second, not a launch of N processes.
 
 Nothing is written into the run directory until all of it has passed, under the run's lock: a
 refused start leaves the directory as it was. Then stale partial saves are removed, a rollback
-moves the abandoned checkpoints aside, and the resolved options land in ``OUTPUT/run_config.json``.
+moves the abandoned checkpoints aside, and the run's record (``run_record.RunRecord``: the options
+and what they resolved to) lands in ``OUTPUT/run_config.json``, the model config it was checked
+against in ``OUTPUT/config.json``; the ranks read both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_train import checkpoint, model_setup
+from llama_train import checkpoint, model_setup, run_record
 from llama_train.data import TrainData, check_data_files
 from llama_train.errors import TrainError, os_error_line
 from llama_train.options import RunConfig
 from llama_train.progress import heartbeat
+from llama_train.run_record import RunRecord
 from llama_train.runlock import RunLock, check_node0_holds
 from llama_train.supervise import RUN_ID_ENV
 
 
 @dataclass
 class Prepared:
-    cfg: RunConfig
+    run: RunRecord
     lock: RunLock | None  # None on the nodes other than 0 (node 0 holds it)
     lock_fd: int | None  # what the launcher inherits
     run_id: str
@@ -41,28 +45,23 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig, say=None) -> Prepared:
-    """Complete ``cfg`` (sequence length), check it and the run directory; raises TrainError with
+    """Check ``cfg`` and the run directory and resolve the run's record; raises TrainError with
     one line. The returned lock is held until the caller releases it (or exits). ``say``: where
     progress lines of long checks go (none if not given)."""
-    from llama_train.reporting import check_available, parse_report_to
-
-    check_available(parse_report_to(cfg.report_to))
-    config = model_setup.model_config(cfg)
-    model_setup.resolve_seq_len(cfg, config)
-    strategy = model_setup.strategy_of(cfg)
-    model_setup.check_layout(cfg, config, strategy)
+    config, fresh = check_options(cfg)
     with heartbeat("checking the data and building its sample indices", say):
-        check_data_files(cfg, config.vocab_size)
-        data = TrainData(cfg, rank=0)
-    data.check_enough(cfg.max_steps)
-    out = Path(cfg.output)
+        check_data_files(cfg.data, config.vocab_size)
+        data = TrainData(fresh, rank=0)
+    data.check_enough(cfg.training.max_steps)
+    out = Path(cfg.job.output)
     _check_output_path(out)
     run_id = os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12]
-    if cfg.nnodes > 1 and (cfg.node_rank or 0) > 0:
+    launch = cfg.launch
+    if launch.nnodes > 1 and (launch.node_rank or 0) > 0:
         # Node 0 validates, writes and holds the lock on the shared output; this node checks it
         # and takes node 0's run id, so that exits are compared across nodes.
-        holder = check_node0_holds(out, cfg.master)
-        return Prepared(cfg, None, None, holder.get("run_id") or run_id)
+        holder = check_node0_holds(out, launch.master)
+        return Prepared(fresh, None, None, holder.get("run_id") or run_id)
 
     created = _make_dir(out)
     lock = RunLock(out)
@@ -72,9 +71,13 @@ def prepare(cfg: RunConfig, say=None) -> Prepared:
         except OSError as exc:
             raise TrainError(os_error_line(exc, out)) from None
         resumed = _check_resume(cfg, out, config, data)
-        cfg.init_source = None
-        if cfg.init_from and resumed is None:  # read by the ranks only: checked here, recorded
-            cfg.init_source = model_setup.check_init_weights(cfg, config).record()
+        init_source = None
+        if cfg.model.init_from and resumed is None:
+            # read by the ranks only: checked here, recorded
+            init_source = model_setup.check_init_weights(cfg.model, config).record()
+        # every rank loads exactly the checkpoint checked here
+        resume = str(resumed.resolve()) if resumed is not None else None
+        run = dataclasses.replace(fresh, resume=resume, init_source=init_source)
     except TrainError:
         lock.release(undo=True)
         if created:
@@ -82,13 +85,27 @@ def prepare(cfg: RunConfig, say=None) -> Prepared:
                 out.rmdir()
         raise
     try:
-        prepared = _write_run_files(cfg, out, config, lock, run_id, resumed)
+        prepared = _write_run_files(run, out, config, lock, run_id, resumed)
     except OSError as exc:
         lock.release()
         raise TrainError(os_error_line(exc, out)) from None
-    if cfg.init_from and resumed is not None:
+    if cfg.model.init_from and resumed is not None:
         prepared.init_ignored_for = resumed
     return prepared
+
+
+def check_options(cfg: RunConfig):
+    """The checks that need neither the data nor the run directory: the trackers, the model's shape,
+    the sequence length and the layout against the model, the batch and the backend. Returns the
+    model config and the record of a fresh start (``run_record.resolve``); raises TrainError with
+    one line."""
+    from llama_train.reporting import check_available, parse_report_to
+
+    check_available(parse_report_to(cfg.logging.report_to))
+    config = model_setup.model_config(cfg.model)
+    record = run_record.resolve(cfg, config)
+    model_setup.check_layout(record, config)
+    return config, record
 
 
 def _check_output_path(out: Path) -> None:
@@ -118,11 +135,11 @@ def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | 
     """The checkpoint to resume from, checked as far as possible without Paddle: read-only."""
     ckpts = out / "checkpoints"
     existing = checkpoint.step_dirs(ckpts)
-    if cfg.resume is None and existing:
+    if cfg.checkpoint.resume is None and existing:
         raise TrainError(
             f"{out} already holds checkpoints: pass --resume auto to continue, or another --output"
         )
-    path = checkpoint.resolve_resume(cfg.resume, cfg.output)
+    path = checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.job.output)
     if path is None:
         if existing:  # e.g. a crash before the first `latest` of a timeline
             raise TrainError(
@@ -152,10 +169,10 @@ def _check_resume(cfg: RunConfig, out: Path, config, data: TrainData) -> Path | 
     return path
 
 
-def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed) -> Prepared:
+def _write_run_files(run: RunRecord, out: Path, config, lock: RunLock, run_id: str, resumed):
     # Shared with the job's processes first: should another job take the lock in the moment of
     # that change, this one stops here, before writing anything.
-    lock_fd = lock.publish(run_id, cfg.master)
+    lock_fd = lock.publish(run_id, run.options.launch.master)
     ckpts = out / "checkpoints"
     removed = checkpoint.remove_partial_saves(ckpts)  # first: a full disk gets its space back
     abandoned = checkpoint.abandon_newer(ckpts, resumed) if resumed is not None else None
@@ -165,8 +182,6 @@ def _write_run_files(cfg, out: Path, config, lock: RunLock, run_id: str, resumed
         stale.unlink()
     for marker in ("preempted", "finished"):
         (logs / marker).unlink(missing_ok=True)
-    if resumed is not None:  # every rank loads exactly the checkpoint checked here
-        cfg.resume = str(resumed.resolve())
-    cfg.write(str(out / "run_config.json"))
+    run.write(str(out / "run_config.json"))
     config.to_json(str(out / "config.json"))
-    return Prepared(cfg, lock, lock_fd, run_id, abandoned, len(removed))
+    return Prepared(run, lock, lock_fd, run_id, abandoned, len(removed))

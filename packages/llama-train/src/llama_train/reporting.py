@@ -66,13 +66,13 @@ def scalars(record: dict) -> dict[str, float]:
 class Reporter:
     """The run's sinks (rank 0): ``write(record)`` to all of them, ``close()`` at the end."""
 
-    def __init__(self, cfg, resume_step: int | None, hparams: dict):
-        self.metrics = MetricsFile(cfg.output, resume_step)
+    def __init__(self, output: str, report_to: str, resume_step: int | None, hparams: dict):
+        self.metrics = MetricsFile(output, resume_step)
         self.trackers = []
         try:
-            for sink in parse_report_to(cfg.report_to):
+            for sink in parse_report_to(report_to):
                 if sink != "jsonl":
-                    self.trackers.append(_start(sink, Path(cfg.output), resume_step, hparams))
+                    self.trackers.append(_start(sink, Path(output), resume_step, hparams))
         except BaseException:
             self.close()
             raise
@@ -89,10 +89,11 @@ class Reporter:
             tracker.close()
 
 
-def flat_hparams(cfg_dict: dict) -> dict:
-    """Options as trackers take hyper-parameters: scalars and strings, lists joined, None as ''."""
+def flat_hparams(options: dict) -> dict:
+    """Options (by their flat names) as trackers take hyper-parameters: scalars and strings, lists
+    joined, None as ''."""
     out = {}
-    for key, value in cfg_dict.items():
+    for key, value in options.items():
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
         elif isinstance(value, dict):

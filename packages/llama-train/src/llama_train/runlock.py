@@ -1,4 +1,4 @@
-"""One job per run directory: an advisory ``flock`` on ``OUTPUT/.lock``.
+"""One job per run directory: an advisory lock on ``OUTPUT/.lock``.
 
 The front process takes the lock exclusively before it looks at the run directory's state, so two
 jobs cannot both decide to resume from, or write into, the same directory. Once the job is checked
@@ -8,10 +8,19 @@ own shared lock at start-up. A second job asks for the exclusive lock and is ref
 process of the first job is alive, orphans included. The kernel drops a lock when its last holder
 dies, so there is no stale lock to guess about.
 
+The lock is an open file description lock on Linux (``fcntl`` ``F_OFD_SETLK`` on the whole file):
+like ``flock`` it belongs to the open file, so the launcher shares it by inheriting the
+descriptor, and it is dropped when the last descriptor of that open file is closed; unlike
+``flock``, whose conversion "is not guaranteed to be atomic: the existing lock is first removed,
+and then a new lock is established" (flock(2)), it turns from exclusive into shared atomically,
+as POSIX record locks do: a probe in that moment (another job, another node) never sees the run
+free. A probe asks whether the lock is free (``F_OFD_GETLK``) without taking it. Elsewhere (no OFD
+locks) it is a ``flock``.
+
 Multi-node: node 0 holds the lock on the shared output; the other nodes only check that it is held
 by node 0 of a job with the same ``--master`` (they wait for it a while, as they may start first).
 
-File systems without ``flock`` (NFS without lockd answers ENOLCK): the job is refused in one line;
+File systems without locks (NFS without lockd answers ENOLCK): the job is refused in one line;
 ``LLAMA_TRAIN_NO_LOCK=1`` runs without the lock, with nothing to stop a second job.
 """
 
@@ -22,6 +31,7 @@ import fcntl
 import json
 import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -30,6 +40,43 @@ from llama_train.errors import TrainError
 LOCK_NAME = ".lock"
 NO_LOCK_ENV = "LLAMA_TRAIN_NO_LOCK"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+# struct flock of 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid, padding.
+_FLOCK_STRUCT = "hhqqi4x"
+USE_OFD = hasattr(fcntl, "F_OFD_SETLK") and struct.calcsize(_FLOCK_STRUCT) == 32
+_OFD_TYPES = {"ex": getattr(fcntl, "F_WRLCK", 1), "sh": getattr(fcntl, "F_RDLCK", 0),
+              "un": getattr(fcntl, "F_UNLCK", 2)}  # fmt: skip
+_FLOCK_KINDS = {"ex": fcntl.LOCK_EX, "sh": fcntl.LOCK_SH, "un": fcntl.LOCK_UN}
+
+
+def _lock(fd: int, kind: str) -> None:
+    """Take (``"ex"``, ``"sh"``) or drop (``"un"``) this open file's lock on the whole file, without
+    waiting: BlockingIOError if another open file holds a conflicting one. Holding the other kind
+    already, the lock is converted (atomically with OFD locks)."""
+    if not USE_OFD:
+        fcntl.flock(fd, _FLOCK_KINDS[kind] | fcntl.LOCK_NB)
+        return
+    request = struct.pack(_FLOCK_STRUCT, _OFD_TYPES[kind], os.SEEK_SET, 0, 0, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):  # POSIX allows either for a conflict
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from None
+        raise
+
+
+def _is_locked(fd: int) -> bool:
+    """Whether another open file holds a lock that an exclusive one would conflict with. With OFD
+    locks it asks without taking the lock; with ``flock`` it takes it for a moment."""
+    if not USE_OFD:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    request = struct.pack(_FLOCK_STRUCT, _OFD_TYPES["ex"], os.SEEK_SET, 0, 0, 0)
+    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request)
+    return struct.unpack(_FLOCK_STRUCT, answer)[0] != _OFD_TYPES["un"]
 
 
 def _describe(raw: bytes) -> str:
@@ -46,11 +93,12 @@ def _describe_holder(holder: dict) -> str:
         return "a job that is still starting"
 
 
-def _flock_retrying(fd: int, kind: int) -> None:
-    # Another node's probe (check_node0_holds) holds the lock for microseconds: try a few times.
+def _lock_retrying(fd: int, kind: str) -> None:
+    # Without OFD locks, another node's probe (check_node0_holds) holds the lock for microseconds:
+    # try a few times.
     for attempt in range(3):
         try:
-            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            _lock(fd, kind)
             return
         except BlockingIOError:
             if attempt == 2:
@@ -64,7 +112,7 @@ def _read(fd: int) -> bytes:
 
 def _no_flock(path: Path, exc: OSError) -> TrainError:
     return TrainError(
-        f"cannot lock {path} ({os.strerror(exc.errno)}: the file system has no flock, e.g. NFS "
+        f"cannot lock {path} ({os.strerror(exc.errno)}: the file system has no file locks, e.g. NFS "
         f"without lockd); set {NO_LOCK_ENV}=1 to run without it, making sure no other job uses "
         "this output"
     )
@@ -90,7 +138,7 @@ class RunLock:
             self.created = not self.path.exists()
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                _flock_retrying(self.fd, fcntl.LOCK_EX)
+                _lock_retrying(self.fd, "ex")
             except BlockingIOError:
                 holder = _describe(_read(self.fd))
                 self._close(remove=False)
@@ -131,8 +179,8 @@ class RunLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
         os.fsync(self.fd)
-        try:  # not atomic: another job may take the exclusive lock in between, and then wins
-            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        try:  # OFD: atomic, never free in between; flock: another job may slip in, and wins
+            _lock(self.fd, "sh")
         except BlockingIOError:
             self._close(remove=False)
             raise TrainError(f"{self.path.parent} was taken by another llama-train job") from None
@@ -164,7 +212,7 @@ def join_as_rank(output: str) -> int | None:
     except FileNotFoundError:
         return None  # an in-process call without the front process (library use)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        _lock_retrying(fd, "sh")
     except BlockingIOError:
         holder = _describe(_read(fd))
         os.close(fd)
@@ -200,7 +248,7 @@ def check_node0_holds(output: Path, master: str, wait_s: float = 120.0) -> dict:
 
 
 def _held_by(path: Path) -> tuple[bool, dict]:
-    try:  # read-write: NFS emulates flock with POSIX locks, whose exclusive kind needs it
+    try:  # read-write: an exclusive record lock (and NFS's emulation of flock) needs it
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return False, {}
@@ -208,17 +256,16 @@ def _held_by(path: Path) -> tuple[bool, dict]:
         raise TrainError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return True, json.loads(_read(fd).decode("utf-8") or "{}")
-            except ValueError:
-                return True, {}
+            held = _is_locked(fd)
         except OSError as exc:
             if exc.errno in _NO_FLOCK:
                 raise _no_flock(path, exc) from None
             raise TrainError(f"cannot lock {path}: {exc.strerror or exc}") from None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False, {}
+        if not held:
+            return False, {}
+        try:
+            return True, json.loads(_read(fd).decode("utf-8") or "{}")
+        except ValueError:
+            return True, {}
     finally:
         os.close(fd)

@@ -36,5 +36,8 @@ class LRSchedule:
         return self.min_lr + (self.lr - self.min_lr) * factor
 
     @classmethod
-    def from_config(cls, cfg) -> LRSchedule:
-        return cls(cfg.lr, cfg.min_lr, cfg.warmup, cfg.decay_end, cfg.decay_style)
+    def of_run(cls, run) -> LRSchedule:
+        """The schedule of a ``RunRecord``: its options, with warmup and decay end resolved."""
+        opts = run.options
+        return cls(opts.optimizer.lr, opts.schedule.min_lr, run.warmup, run.decay_end,
+                   opts.schedule.decay_style)  # fmt: skip

@@ -114,7 +114,9 @@ class CompiledStep:
         self._eager_is_current = False
 
 
-def build_step(cfg, pm, opt):
-    if cfg.to_static:
-        return CompiledStep(pm, opt, cfg.clip_grad, cfg.batch_size, cfg.seq_len)
-    return EagerStep(pm, opt, cfg.clip_grad)
+def build_step(run, pm, opt):
+    """The step a ``RunRecord`` asks for (--to-static: compiled), clipping at --clip-grad."""
+    clip = run.options.optimizer.clip_grad
+    if run.options.training.to_static:
+        return CompiledStep(pm, opt, clip, run.batch_size, run.seq_len)
+    return EagerStep(pm, opt, clip)

@@ -12,8 +12,9 @@ lives together:
 * each child asks the kernel for a signal when its parent dies (``PR_SET_PDEATHSIG``, Linux): the
   launcher gets SIGTERM (Paddle's launcher then stops the ranks gracefully: they save and exit),
   a rank gets SIGKILL (its launcher is gone: nobody would stop or report it);
-* the launcher's watchdog gives a graceful stop ``ORPHAN_GRACE_S`` seconds once the front process is
-  gone, then exits, which kills the ranks through their death signal;
+* the launcher's watchdog gives a graceful stop :func:`orphan_grace` seconds once the front
+  process is gone (at least ``ORPHAN_GRACE_S``, more when rank 0's last step and save took
+  longer), then exits, which kills the ranks through their death signal;
 * the front process watches its ranks through ``/proc`` (:class:`RankWatch`) and kills any that
   is still alive some seconds after the launcher exited.
 
@@ -23,6 +24,16 @@ before) and writes it to ``logs/exit.RANK.json``; the rank reported is the first
 not the first one Paddle's launcher noticed (it polls once a second, and a killed rank's gloo peers
 abort a moment later). ``RankWatch`` (the front's view, through ``/proc``) is the fallback for a
 rank whose exit the launcher did not record (a launcher that was itself killed).
+
+A rank that raises says why in ``logs/error.RANK`` (:class:`RankReport`, written at once, before
+its teardown): its one line, its exit code, the time it raised, and whether the failure is a
+consequence of another process's (a connection a peer closed). The rank blamed is then the first
+to fail for a reason of its own: a rank that raised counts from the moment it raised, not from its
+exit (its teardown can outlast its peers', which fail when its connections close), and a rank
+whose exception says that a peer went away comes after every other failed rank.
+
+How long a stop may take before the launcher's watchdog ends the job (:func:`orphan_grace`) comes
+from the save time rank 0 measures at each save (``logs/timing.json``).
 """
 
 from __future__ import annotations
@@ -45,7 +56,11 @@ RUN_ID_ENV = "LLAMA_TRAIN_RUN_ID"  # every process of a job carries it (tests fi
 EXITS_DIR_ENV = "LLAMA_TRAIN_EXITS_DIR"  # where the launcher writes the ranks' exit records
 FRONT_PID_ENV = "LLAMA_TRAIN_FRONT_PID"
 LAUNCHER_PID_ENV = "LLAMA_TRAIN_LAUNCHER_PID"
-ORPHAN_GRACE_S = 5.0  # a rank's graceful stop (finish the step, save) once the front is gone
+# A rank's graceful stop (finish the step, save) once the front is gone: at least ORPHAN_GRACE_S,
+# else from the times rank 0 measured (orphan_grace).
+ORPHAN_GRACE_S = 5.0
+ORPHAN_GRACE_MARGIN_S = 5.0
+TIMING_FILE = "timing.json"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -63,18 +78,44 @@ def die_with_parent(sig: int, expected_parent: int | None) -> bool:
     return True
 
 
-def watch_parent(expected_parent: int, grace_s: float, on_gone) -> threading.Thread:
-    """A daemon thread that calls ``on_gone()`` ``grace_s`` seconds after the parent is gone."""
+def watch_parent(expected_parent: int, grace_s, on_gone) -> threading.Thread:
+    """A daemon thread that calls ``on_gone()`` ``grace_s`` seconds after the parent is gone
+    (``grace_s`` a number, or a function asked for it at that moment)."""
 
     def run() -> None:
         while os.getppid() == expected_parent:
             time.sleep(0.2)
-        time.sleep(grace_s)
+        time.sleep(grace_s() if callable(grace_s) else grace_s)
         on_gone()
 
     thread = threading.Thread(target=run, name="llama-train-parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+def write_timing(logs: Path, save_s: float, step_s: float, step: int) -> None:
+    """Rank 0, after each save: how long the save and the last step took (``logs/timing.json``,
+    shared by every node), for :func:`orphan_grace`. Not written is not fatal (the floor holds)."""
+    record = {"save_s": round(save_s, 3), "step_s": round(step_s, 3), "step": step,
+              "time": time.time()}  # fmt: skip
+    with contextlib.suppress(OSError, CheckpointError):
+        write_atomic(logs / TIMING_FILE, json.dumps(record) + "\n")
+
+
+def orphan_grace(logs: Path | None) -> float:
+    """Seconds a stop may take once the front process is gone, before the launcher's watchdog
+    ends the job (and with it the ranks): ``max(ORPHAN_GRACE_S, step + 2 × save +
+    ORPHAN_GRACE_MARGIN_S)`` from the last step and save times rank 0 measured (a stopping rank
+    finishes its step, then saves); ORPHAN_GRACE_S before the first measure. The record of an
+    earlier run of the same directory counts until this run's first save replaces it."""
+    try:
+        record = json.loads((Path(logs) / TIMING_FILE).read_text())
+        save_s, step_s = float(record["save_s"]), float(record["step_s"])
+    except (OSError, TypeError, ValueError, KeyError):
+        return ORPHAN_GRACE_S
+    if not (0 <= save_s < 1e6 and 0 <= step_s < 1e6):  # NaN and nonsense fail both
+        return ORPHAN_GRACE_S
+    return max(ORPHAN_GRACE_S, step_s + 2 * save_s + ORPHAN_GRACE_MARGIN_S)
 
 
 # --------------------------------------------------------------------------- the front's view
@@ -242,24 +283,83 @@ class RankWatch:
                 _write_record(rank_exit, logs)
 
 
+# --------------------------------------------------------------------- what a rank says itself
+@dataclass
+class RankReport:
+    """``logs/error.RANK``: the one line of a rank's failure, written by the rank itself."""
+
+    rank: int
+    code: int  # the exit code it exits with (1 a crash, 2 a user's mistake, 3 non-finite)
+    message: str
+    time: float  # when it raised (wall clock)
+    consequence: bool = False  # its exception says another process went away
+    run_id: str = ""
+
+
+def report_file(logs: Path, rank: int) -> Path:
+    return logs / f"error.{rank}"
+
+
+def write_report(logs: Path, report: RankReport) -> bool:
+    """Write a rank's report atomically (never half a line to read); False if it could not be
+    written (a full disk: the rank's stderr still has the line)."""
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        write_atomic(report_file(logs, report.rank), json.dumps(asdict(report)) + "\n")
+    except (OSError, CheckpointError):
+        return False
+    return True
+
+
+def read_reports(logs: Path, run_id: str) -> dict[int, RankReport]:
+    reports = {}
+    for path in logs.glob("error.*"):
+        try:
+            report = RankReport(**{"rank": int(path.suffix[1:]), **json.loads(path.read_text())})
+        except (OSError, ValueError, TypeError):
+            continue
+        if report.run_id in ("", run_id):
+            reports[report.rank] = report
+    return reports
+
+
 def first_failure(logs: Path, run_id: str, extra: list[RankExit] = ()) -> RankExit | None:
-    """The earliest failed exit among every node's records (shared logs) and ``extra`` (this
-    node's front's view, used for the ranks without a record)."""
+    """The first rank to fail for a reason of its own, among every node's exit records and the
+    ranks' own reports (shared logs) and ``extra`` (this node's front's view, used for the ranks
+    without a record)."""
     records = _read_records(logs, run_id)
-    exits = list(records.values()) + [e for e in extra if e.rank not in records]
-    failed = [e for e in exits if e.failed]
+    exits = {e.rank: e for e in extra if e.rank not in records}
+    exits.update(records)
+    reports = read_reports(logs, run_id)
+    failed = [e for e in exits.values() if e.failed or e.rank in reports]
+    failed += [
+        RankExit(rank, 0, "", report.time, report.code, run_id)
+        for rank, report in reports.items()
+        if rank not in exits
+    ]
     if not failed:
         return None
 
-    # A rank killed by a signal comes first, then one that exited with an error (a gloo peer may
-    # raise as well as abort), then the usual consequences. A consequence counts as seen
-    # CONSEQUENCE_LAG_S later than it was: a killed rank's peers can abort and be reaped while the
-    # killed one is still tearing down its memory (CI saw rank 2's SIGABRT a poll before the
-    # SIGKILLed rank 3 it followed).
+    # A rank that said its failure follows from another process's comes after every other. Among
+    # the rest, by time: a rank that raised from the moment it raised (its own exit can come
+    # seconds later, after peers that failed when its connections closed); a rank killed by a
+    # signal comes first, then one that raised or exited with an error, then the usual
+    # consequences. A consequence of a death counts as seen CONSEQUENCE_LAG_S later than it was:
+    # a killed rank's peers can abort and be reaped while the killed one is still tearing down
+    # its memory (CI saw rank 2's SIGABRT a poll before the SIGKILLed rank 3 it followed), and
+    # they can raise before it is reaped (a gloo TIMEOUT 1 ms before the SIGKILLed rank's exit):
+    # a report counts that much later too, unless its rank exited earlier still.
+    def follows(e: RankExit) -> bool:
+        return e.rank in reports and reports[e.rank].consequence
+
     def cause(e: RankExit) -> int:
+        if e.rank in reports:
+            return 1
         return 2 if e.status in _CONSEQUENCES else 0 if e.status < 0 else 1
 
     def seen(e: RankExit) -> float:
+        if e.rank in reports:
+            return round(min(e.time, reports[e.rank].time + CONSEQUENCE_LAG_S), 2)
         return round(e.time, 2) + (CONSEQUENCE_LAG_S if cause(e) == 2 else 0.0)
 
-    return min(failed, key=lambda e: (seen(e), cause(e), e.rank))
+    return min(failed, key=lambda e: (follows(e), seen(e), cause(e), e.rank))

@@ -9,11 +9,14 @@ cadences say, and stop when the ranks agree that a signal arrived.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from llama_train import memory
+from llama_train import memory, supervise
 from llama_train.checkpoint import CheckpointManager, TrainerState
 from llama_train.metrics import (
     FLOPS_FORMULA,
@@ -28,6 +31,42 @@ from llama_train.schedule import LRSchedule
 
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
+
+
+# Fault injection for the tests of what a failing rank reports ("STEP:RANK[:KIND]"): that rank
+# raises at the start of that step, as a bug in the step would (KIND "error", the default: a
+# RuntimeError), or as a dropped connection ("connreset") or an unreadable data file
+# ("eacces-read") would; and waits FAULT_LINGER_S before it exits (``fault_linger``), so that the
+# peers whose connections it closed fail and exit before it does.
+FAULT_RAISE_ENV = "LLAMA_TRAIN_FAULT_RAISE"
+FAULT_LINGER_S = 4.0
+
+
+def _fault(rank: int) -> tuple[int, str] | None:
+    parts = os.environ.get(FAULT_RAISE_ENV, "").split(":")
+    if len(parts) < 2 or parts[1] != str(rank):
+        return None
+    return int(parts[0]), parts[2] if len(parts) > 2 else "error"
+
+
+def fault_linger(rank: int) -> float:
+    """Seconds this rank waits at exit under the fault injection (0 without it)."""
+    return FAULT_LINGER_S if _fault(rank) is not None else 0.0
+
+
+def _maybe_inject_failure(step: int, rank: int, run) -> None:
+    fault = _fault(rank)
+    if fault is None or fault[0] != step:
+        return
+    kind = fault[1]
+    if kind == "connreset":
+        raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    if kind == "eacces-read":
+        from llama_train.data import blend_pairs
+
+        path = blend_pairs(run.options.data)[0][1] + ".bin"
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    raise RuntimeError(f"injected failure at step {step} on rank {rank}")
 
 
 @dataclass
@@ -48,7 +87,7 @@ class _Window:
 class Trainer:
     def __init__(
         self,
-        cfg,
+        run,
         pm,
         step_fn,
         data,
@@ -60,7 +99,7 @@ class Trainer:
         stop=None,
         peak_tflops=None,
     ):
-        self.cfg = cfg
+        self.run_record = run  # llama_train.run_record.RunRecord
         self.pm = pm
         self.step_fn = step_fn  # steps.EagerStep or steps.CompiledStep
         self.data = data
@@ -69,11 +108,12 @@ class Trainer:
         self.console = console  # rank 0 only
         self.metrics = metrics  # reporting.Reporter, rank 0 only
         self.stop = stop
-        self.schedule = LRSchedule.from_config(cfg)
-        self.flops_per_token = flops_per_token(pm.config, cfg.seq_len)
+        self.schedule = LRSchedule.of_run(run)
+        self.flops_per_token = flops_per_token(pm.config, run.seq_len)
         self.peak_tflops = peak_tflops
         self.world = pm.strategy.world_size
         self.stopped_by_signal = False
+        self.last_step_s = 0.0  # the last step's time, recorded with each save's (orphan grace)
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -85,7 +125,8 @@ class Trainer:
 
         from llama_model import kernels
 
-        cfg, state = self.cfg, self.state
+        run, state = self.run_record, self.state
+        opts = run.options
         mfu_note = (
             f"peak {self.peak_tflops} TFLOP/s per device"
             if self.peak_tflops
@@ -94,7 +135,7 @@ class Trainer:
         self.say(
             f"model FLOPs per token = {FLOPS_FORMULA} = {self.flops_per_token:,.0f}; MFU: {mfu_note}"
         )
-        params, moments = memory.state_bytes(self.pm, cfg.sharding_stage)
+        params, moments = memory.state_bytes(self.pm, run.strategy.sharding_stage)
         largest = [max(r) for r in zip(*memory.gather([params, moments], self.pm.distributed))]
         self.say(
             f"memory per rank (largest): parameters {largest[0] / memory.GIB:.3f} GiB, AdamW state "
@@ -103,34 +144,39 @@ class Trainer:
         window = _Window()
         first_step = state.step + 1
         kernels.reset_usage()
-        profiler = StepProfiler(cfg.profile_steps, cfg.output, self.pm.rank, memory.on_gpu())
-        while state.step < cfg.max_steps:
+        profile_steps, max_steps = opts.profiling.profile_steps, opts.training.max_steps
+        profiler = StepProfiler(profile_steps, run.output, self.pm.rank, memory.on_gpu())
+        log_every, eval_every = opts.logging.log_every, opts.eval.eval_every
+        save_every = opts.checkpoint.save_every
+        while state.step < max_steps:
             step = state.step + 1
-            paddle.seed(step_seed(cfg.seed, step))
+            paddle.seed(step_seed(opts.training.seed, step))
             lr = self.schedule(step)
             self.step_fn.set_lr(lr)
             input_ids, labels = self.data.batch(state.consumed_samples)
+            _maybe_inject_failure(step, self.pm.rank, run)
             profiler.before_step(step)
             start = time.perf_counter()
             loss, norm = self.step_fn.run(step, input_ids, labels)
-            window.add(time.perf_counter() - start)
+            self.last_step_s = time.perf_counter() - start
+            window.add(self.last_step_s)
             table = profiler.after_step(step)
             if table:
-                self.say(f"profile: steps {cfg.profile_steps}, traces in {profiler.directory}")
+                self.say(f"profile: steps {profile_steps}, traces in {profiler.directory}")
                 for line in table:
                     self.say(f"profile: {line}")
             if step == first_step:  # what this run's kernels really did, from their call counters
                 self.say(f"kernels: {kernels.usage_summary()}")
             state.step = step
-            state.consumed_samples += cfg.batch_size
+            state.consumed_samples += run.batch_size
             state.loss = loss
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if step % log_every == 0 or step == max_steps:
                 self._log(step, loss, lr, norm, window)
                 window.reset()
-            if cfg.eval_every and step % cfg.eval_every == 0:
+            if eval_every and step % eval_every == 0:
                 self.evaluate(step)
             stopping = self.stop is not None and self.stop.agreed()
-            if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+            if stopping or step == max_steps or (save_every and step % save_every == 0):
                 path = self.save()
                 self.say(f"saved checkpoint {path}")
             if stopping:
@@ -144,7 +190,7 @@ class Trainer:
         if self.metrics is None and self.console is None:
             return
         step_time = window.seconds / max(window.steps, 1)
-        tokens_per_s = self.cfg.tokens_per_step / step_time if step_time > 0 else 0.0
+        tokens_per_s = self.run_record.tokens_per_step / step_time if step_time > 0 else 0.0
         mfu = None
         if self.peak_tflops:
             mfu = model_flops_utilisation(
@@ -157,7 +203,7 @@ class Trainer:
             "lr": lr,
             "grad_norm": norm,
             "consumed_samples": self.state.consumed_samples,
-            "tokens": self.state.consumed_samples * self.cfg.seq_len,
+            "tokens": self.state.consumed_samples * self.run_record.seq_len,
             "step_time_s": step_time,
             "tokens_per_s": tokens_per_s,
             "tokens_per_s_per_device": tokens_per_s / self.world,
@@ -168,7 +214,7 @@ class Trainer:
         }
         if self.metrics is not None:
             self.metrics.write(record)
-        self.say(format_step(record, self.cfg.max_steps))
+        self.say(format_step(record, self.run_record.options.training.max_steps))
 
     # ---------------------------------------------------------------------------- evaluation
     def evaluate(self, step: int) -> float:
@@ -193,4 +239,13 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self):
-        return self.ckpt.save(self.state, self.step_fn.checkpoint_tensors())
+        """Save the step; rank 0 records how long the save and the step took (``logs/timing.json``:
+        what the launcher's watchdog gives a stop once the front process is gone)."""
+        again = self.state.step in self.ckpt.published
+        start = time.perf_counter()
+        path = self.ckpt.save(self.state, self.step_fn.checkpoint_tensors())
+        if self.pm.rank == 0 and not again:
+            logs = Path(self.run_record.output) / "logs"
+            seconds = time.perf_counter() - start
+            supervise.write_timing(logs, seconds, self.last_step_s, self.state.step)
+        return path

@@ -1,31 +1,33 @@
 """One rank of a training job: ``python -m llama_train.worker OUTPUT/run_config.json``.
 
-Started by paddle.distributed.launch (or called in-process for a one-process run). Builds this
-rank's stage, the optimizer, the data order, restores a checkpoint when resuming, and runs the
-loop. A user's mistake or a non-finite loss ends every rank with one line, also written to
-``OUTPUT/logs/error.<rank>`` for the launcher to show.
+Started by paddle.distributed.launch (or called in-process for a one-process run). Reads what the
+front process checked and resolved: the run's record (``OUTPUT/run_config.json``: the options, the
+Strategy, the sequence length, the checkpoint to resume, the init weights) and the model config
+(``OUTPUT/config.json``), deriving none of them again. Builds this rank's stage, the optimizer,
+the data order, restores the checkpoint when resuming, and runs the loop. Whatever ends a rank with an exception ends it with one line (``errors.classify``: a
+user's mistake, an unreadable input or an unwritable run directory exit 2, a non-finite loss 3,
+anything else 1 with the exception's line), written at once to ``OUTPUT/logs/error.<rank>``
+(``supervise.RankReport``) with the time it raised and whether it follows from another process's
+failure, for the front process to blame the right rank.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import json
 import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from llama_ckpt.clikit import EXIT_NON_FINITE, EXIT_USER_ERROR
-from llama_train.errors import NonFiniteLoss, TrainError, os_error_line
+from llama_ckpt.clikit import EXIT_CRASH
+from llama_train.errors import TrainError
 
 
 def rank_from_env() -> int:
     return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
-
-
-def error_file(output: str, rank: int) -> Path:
-    return Path(output) / "logs" / f"error.{rank}"
 
 
 def events_file(output: str) -> Path:
@@ -33,16 +35,18 @@ def events_file(output: str) -> Path:
     return Path(output) / "logs" / "events.jsonl"
 
 
-def _restore(cfg, step_fn, data, ckpt, config, strategy):
+def _restore(run, step_fn, data, ckpt, config):
     from llama_model import LlamaConfig
-    from llama_train.checkpoint import TrainerState, resolve_resume
+    from llama_train.checkpoint import TrainerState
 
-    path = resolve_resume(cfg.resume, cfg.output)
-    fresh = TrainerState(global_batch_size=cfg.batch_size, seed=cfg.seed, strategy=str(strategy),
-                         world_size=strategy.world_size, data_fingerprint=data.fingerprint, seq_len=cfg.seq_len,
-                         init_from=cfg.init_source)  # fmt: skip
-    if path is None:
+    strategy = run.strategy
+    fresh = TrainerState(global_batch_size=run.batch_size, seed=run.options.training.seed,
+                         strategy=str(strategy), world_size=strategy.world_size,
+                         data_fingerprint=data.fingerprint, seq_len=run.seq_len,
+                         init_from=run.init_source)  # fmt: skip
+    if run.resume is None:
         return fresh, None
+    path = Path(run.resume)
     saved = LlamaConfig.from_json(str(path / "config.json"))
     if saved != config:
         raise TrainError(
@@ -58,7 +62,7 @@ def _restore(cfg, step_fn, data, ckpt, config, strategy):
     state = ckpt.load(path, tensors)
     step_fn.loaded(tensors)
     state.strategy, state.world_size = str(strategy), strategy.world_size
-    state.global_batch_size = cfg.batch_size
+    state.global_batch_size = run.batch_size
     return state, path
 
 
@@ -72,19 +76,60 @@ def _paddle_in_use() -> str:
     return f"Paddle {paddle.__version__}, patches: {', '.join(patches) if patches else 'none'}"
 
 
-def _initial_weights(cfg):
+# The tests bound what each rank reads of --init-from: with this set to a directory, each rank
+# writes there (rank-R.json) the bytes it read (/proc/self/io rchar, every read of the process)
+# while opening the weights (index, headers) and while filling its parameters.
+INIT_READS_ENV = "LLAMA_TRAIN_RECORD_INIT_READS"
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io", encoding="ascii") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+class _InitReads:
+    """Counts the bytes read while opening the weights and while ``fill`` runs (INIT_READS_ENV)."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+        self.opening = self.filling = 0
+
+    def opened(self, open_weights):
+        before = _bytes_read()
+        weights = open_weights()
+        self.opening = _bytes_read() - before
+        fill = weights.fill
+
+        def counted_fill(module):
+            before = _bytes_read()
+            fill(module)
+            self.filling += _bytes_read() - before
+
+        weights.fill = counted_fill
+        return weights
+
+    def write(self, rank: int) -> None:
+        from llama_ckpt.atomic import write_atomic
+
+        record = {"rank": rank, "opening": self.opening, "filling": self.filling}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.directory / f"rank-{rank}.json", json.dumps(record) + "\n")
+
+
+def _initial_weights(run, reads: _InitReads | None = None):
     """The --init-from weights the front process checked and recorded, or None (no --init-from, or
     a resume: the checkpoint's weights win). Refuses weights that changed since that check."""
-    from llama_train.checkpoint import resolve_resume
-
-    source = cfg.init_source
-    if source is None or resolve_resume(cfg.resume, cfg.output) is not None:
+    source = run.init_source
+    if source is None or run.resume is not None:
         return None
     from llama_model import LlamaModelError
     from llama_model.pretrained import PretrainedWeights
 
+    def open_weights():
+        return PretrainedWeights.open(source["path"], layout=source["layout"])
+
     try:
-        weights = PretrainedWeights.open(source["path"], layout=source["layout"])
+        weights = reads.opened(open_weights) if reads is not None else open_weights()
     except LlamaModelError as exc:
         raise TrainError(f"--init-from: {exc}") from None
     if weights.record()["digest"] != source["digest"]:
@@ -95,14 +140,15 @@ def _initial_weights(cfg):
     return weights
 
 
-def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object:
-    """Train as this process's rank; returns the Trainer (its state says where it stopped).
+def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object:
+    """Train the ``RunRecord`` ``run`` as this process's rank; returns the Trainer (its state says
+    where it stopped).
 
     ``keep_stop_handlers``: leave the stop-signal handlers installed on return (a rank process
     that is about to exit: a repeated SIGTERM from the launcher must not kill it after its clean
     stop); a library caller gets its own handlers back."""
     from llama_data import DataError
-    from llama_model import LlamaModelError, ParallelModel
+    from llama_model import LlamaConfig, LlamaModelError, ParallelModel
     from llama_train import model_setup
     from llama_train.checkpoint import CheckpointManager
     from llama_train.data import TrainData
@@ -115,35 +161,42 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
     from llama_train.trainer import Trainer
 
     stop = None
+    opts = run.options
     try:
-        config = model_setup.model_config(cfg)
-        strategy = model_setup.strategy_of(cfg)
-        dtype = model_setup.compute_dtype(cfg)
-        recompute = cfg.recompute_granularity if cfg.recompute else None
-        weights = _initial_weights(cfg)
-        reading = f"reading the weights of {cfg.init_from}" if weights is not None else "building"
+        # the model config the front process checked, the strategy it built: nothing re-derived
+        config = LlamaConfig.from_json(str(Path(run.output) / "config.json"))
+        strategy = run.strategy
+        dtype = model_setup.compute_dtype(opts.training.amp)
+        recompute = opts.training.recompute_granularity if opts.training.recompute else None
+        reads = _InitReads(os.environ[INIT_READS_ENV]) if os.environ.get(INIT_READS_ENV) else None
+        weights = _initial_weights(run, reads)
+        reading = (
+            f"reading the weights of {opts.model.init_from}" if weights is not None else "building"
+        )
         with heartbeat(reading, console.line if console is not None and weights else None):
             pm = ParallelModel.build(
                 config,
                 strategy,
-                seed=cfg.seed,
+                seed=opts.training.seed,
                 recompute=recompute,
                 compute_dtype=dtype,
                 weights=weights,
             )
+        if reads is not None and weights is not None:
+            reads.write(pm.rank)
         stop = StopRequest(distributed=pm.distributed)
-        step_fn = build_step(cfg, pm, build_optimizer(pm, cfg))
-        data = TrainData(cfg)
-        data.check_enough(cfg.max_steps)
+        step_fn = build_step(run, pm, build_optimizer(pm, opts.optimizer))
+        data = TrainData(run)
+        data.check_enough(opts.training.max_steps)
         rank = pm.rank
-        ckpt = CheckpointManager(
-            cfg.output, rank, strategy.world_size, cfg.keep_last, config, cfg.tokenizer
-        )
-        state, resumed_from = _restore(cfg, step_fn, data, ckpt, config, strategy)
+        ckpt = CheckpointManager(run.output, rank, strategy.world_size, opts.checkpoint.keep_last,
+                                 config, opts.model.tokenizer)  # fmt: skip
+        state, resumed_from = _restore(run, step_fn, data, ckpt, config)
         metrics = None
         if rank == 0:
-            hparams = flat_hparams(cfg.to_dict())
-            metrics = Reporter(cfg, state.step if resumed_from else None, hparams)
+            hparams = flat_hparams(opts.flat())
+            resume_step = state.step if resumed_from else None
+            metrics = Reporter(run.output, opts.logging.report_to, resume_step, hparams)
         if rank != 0:
             console = None
         if console is not None:
@@ -156,12 +209,14 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
             console.line(
                 f"{strategy} on {strategy.world_size} process(es), "
                 f"{'compiled (--to-static)' if step_fn.compiled else 'eager'} step, global batch "
-                f"{cfg.batch_size} × {cfg.seq_len} tokens, {data.num_samples:,} train samples; {where}; "
+                f"{run.batch_size} × {run.seq_len} tokens, {data.num_samples:,} train samples; {where}; "
                 f"{_paddle_in_use()}"
             )
-        peak = cfg.peak_tflops or default_peak_tflops(dtype)
+        peak = opts.logging.peak_tflops
+        if peak is None:
+            peak = default_peak_tflops(dtype)
         trainer = Trainer(
-            cfg,
+            run,
             pm,
             step_fn,
             data,
@@ -179,8 +234,8 @@ def run_worker(cfg, console=None, *, keep_stop_handlers: bool = False) -> object
                 metrics.close()
         if rank == 0:  # how it ended, for the front process: a clean stop or the last step
             marker = "preempted" if trainer.stopped_by_signal else "finished"
-            (Path(cfg.output) / "logs").mkdir(parents=True, exist_ok=True)
-            (Path(cfg.output) / "logs" / marker).write_text(f"{trainer.state.step}\n")
+            (Path(run.output) / "logs").mkdir(parents=True, exist_ok=True)
+            (Path(run.output) / "logs" / marker).write_text(f"{trainer.state.step}\n")
         if pm.distributed:
             import paddle.distributed as dist
 
@@ -206,7 +261,7 @@ def _own_log(output: str, rank: int) -> None:
     os.close(fd)
 
 
-def _supervised(cfg, rank: int):
+def _supervised(run, rank: int):
     """Under llama-train's launcher: die with it, log under the global rank, join the run lock."""
     from llama_train import runlock, supervise
 
@@ -214,8 +269,8 @@ def _supervised(cfg, rank: int):
     if launcher is None:
         return None
     supervise.die_with_parent(signal.SIGKILL, int(launcher))
-    _own_log(cfg.output, rank)
-    return runlock.join_as_rank(cfg.output)
+    _own_log(run.output, rank)
+    return runlock.join_as_rank(run.output)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,33 +278,48 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_runtime()  # first: MKL and libgomp read their settings when Paddle loads them
     from llama_train.console import Console
-    from llama_train.options import RunConfig
+    from llama_train.run_record import RunRecord
 
     args = sys.argv[1:] if argv is None else argv
-    cfg = RunConfig.read(args[0])
+    run = RunRecord.read(args[0])
     rank = rank_from_env()
+    if os.environ.get("LLAMA_TRAIN_FAULT_RAISE"):  # the tests' fault injection (trainer.py)
+        from llama_train.trainer import fault_linger
+
+        # Registered before the pipeline transport's own, so it runs after it closed the sockets.
+        if fault_linger(rank):
+            atexit.register(time.sleep, fault_linger(rank))
     try:
-        lock = _supervised(cfg, rank)  # noqa: F841 - held until the process exits
-        console = Console(bar=False, events=events_file(cfg.output)) if rank == 0 else None
-        run_worker(cfg, console, keep_stop_handlers=True)
+        lock = _supervised(run, rank)  # noqa: F841 - held until the process exits
+        console = Console(bar=False, events=events_file(run.output)) if rank == 0 else None
+        run_worker(run, console, keep_stop_handlers=True)
         # Done (finished or stopped and saved): the launcher's repeated SIGTERMs must not kill the
         # process while it tears down. Ignored, since Python's finalisation resets handlers to
         # the default (death) but keeps SIG_IGN.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-    except (TrainError, NonFiniteLoss, OSError) as exc:
-        code = EXIT_NON_FINITE if isinstance(exc, NonFiniteLoss) else EXIT_USER_ERROR
-        if isinstance(exc, OSError):
-            message = os_error_line(exc, cfg.output)
-        else:
-            message = str(exc).strip().splitlines()[0]
-        record = {"code": code, "message": message, "time": time.time()}
-        with contextlib.suppress(OSError):  # a full disk may refuse this too: stderr still has it
-            path = error_file(cfg.output, rank)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record) + "\n")
-        print(f"Error: {message}", file=sys.stderr, flush=True)
-        sys.exit(code)
+    except Exception as exc:  # every failure is reported, then the rank exits
+        sys.exit(_report(exc, run, rank))
+
+
+def _report(exc: Exception, run, rank: int) -> int:
+    """Write this rank's report of ``exc`` at once (before the teardown, which may outlast its
+    peers'), then its line on stderr (the rank's log), a crash's traceback before it; returns the
+    exit code."""
+    from llama_train import supervise
+    from llama_train.errors import classify
+
+    raised_at = time.time()
+    failure = classify(exc, run)
+    run_id = os.environ.get(supervise.RUN_ID_ENV, "")
+    report = supervise.RankReport(
+        rank, failure.code, failure.message, raised_at, failure.consequence, run_id
+    )
+    supervise.write_report(Path(run.output) / "logs", report)  # a full disk may refuse it
+    if failure.code == EXIT_CRASH:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"Error: {failure.message}", file=sys.stderr, flush=True)
+    return failure.code
 
 
 if __name__ == "__main__":

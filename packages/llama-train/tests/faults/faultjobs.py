@@ -69,9 +69,9 @@ def children(pid: int) -> list[int]:
 class Job:
     """``llama-train`` started as from a terminal (its own session and process group)."""
 
-    def __init__(self, args, run_id: str | None = None):
+    def __init__(self, args, run_id: str | None = None, env: dict | None = None):
         self.run_id = run_id or f"test-{uuid.uuid4().hex[:10]}"
-        env = {**os.environ, "LLAMA_TRAIN_RUN_ID": self.run_id}
+        env = {**os.environ, **(env or {}), "LLAMA_TRAIN_RUN_ID": self.run_id}
         self.proc = subprocess.Popen(
             [*cli_command(), *map(str, args)],
             stdout=subprocess.PIPE,

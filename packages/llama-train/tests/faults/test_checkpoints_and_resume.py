@@ -151,3 +151,15 @@ def test_rollback_abandons_the_newer_checkpoints(tiny_corpus, tmp_path):
     resaved = TrainerState.read(ckpts / "step-00000010")
     assert resaved.loss == losses(out)[10]
     assert resaved.saved_at > TrainerState.read(aside / "step-00000010").saved_at  # not skipped
+
+
+def test_each_save_records_its_time_for_the_orphan_grace(finished_run):
+    """Rank 0 records the time of each save and of the step before it in logs/timing.json (the
+    last save, step 4, here); the launcher's watchdog gives a stop max(5 s, step + 2 × save + 5 s)
+    once the front process is gone."""
+    from llama_train.supervise import orphan_grace
+
+    record = json.loads((finished_run / "logs" / "timing.json").read_text())
+    assert record["step"] == 4 and record["save_s"] > 0 and record["step_s"] > 0
+    expected = max(5.0, record["step_s"] + 2 * record["save_s"] + 5.0)
+    assert orphan_grace(finished_run / "logs") == pytest.approx(expected)

@@ -75,7 +75,11 @@ def test_disk_full_while_saving(tiny_corpus, tmp_path):
         assert line.startswith(
             f"Error: cannot write checkpoint {run / 'checkpoints'}/step-00000002.tmp"
         )
-        assert "No space left on device (the partial save step-00000002.tmp is removed" in line
+        # the first save: there is no earlier checkpoint to keep, and the line says so
+        assert line.endswith(
+            "No space left on device (the partial save step-00000002.tmp is removed; this run "
+            "has no complete checkpoint yet)"
+        ), line
         assert not list((run / "checkpoints").glob("*.tmp"))
         assert not (run / "checkpoints" / "latest").exists()
 
@@ -92,3 +96,92 @@ def test_disk_full_while_saving(tiny_corpus, tmp_path):
         assert "removed 1 partial checkpoint save(s)" in result.stdout
         assert "step 2/2" in result.stdout  # it trained: the space was back before it wrote
         assert "Traceback" not in result.stderr
+
+
+def test_disk_full_at_a_later_save_names_the_checkpoint_kept(tiny_corpus, tmp_path):
+    """One process, the save of step 4 fails as a full disk would: the line names the checkpoint
+    that is kept (step 2), which is still the latest."""
+    run = tmp_path / "run"
+    result = run_cli([*TINY, "--data", tiny_corpus, "--output", run, "--micro-batch-size", "4",
+                      "--max-steps", "4", "--save-every", "2"],
+                     env={"LLAMA_TRAIN_FAULT_ENOSPC_IN_SAVE": "4:0"})  # fmt: skip
+    assert _one_line(result) == (
+        f"Error: cannot write checkpoint {run / 'checkpoints' / 'step-00000004.tmp'}/0_0.distcp: "
+        "No space left on device (the partial save step-00000004.tmp is removed; the last "
+        "complete checkpoint, step-00000002, is kept)"
+    )
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def _classified(exc, cfg):
+    from llama_train.errors import classify
+
+    failure = classify(exc, cfg)
+    return failure.code, failure.message, failure.consequence
+
+
+def test_os_errors_are_told_apart_by_operation_and_errno(tmp_path):
+    """A rank's OSError: a connection's is a crash that follows from another process (exit 1, so
+    that the rank that died first keeps the blame), a read of an input says "cannot read", a write
+    of the run directory (or an error only a write meets) "cannot write"; each used to be exit 2
+    "cannot write"."""
+    import errno
+    import os
+
+    from llama_model import Strategy
+    from llama_train import RunRecord
+    from llama_train.options import Data, Job, Model, RunConfig
+
+    out, data = tmp_path / "out", tmp_path / "data" / "corpus"
+    resumed = out / "checkpoints" / "step-00000002"
+    options = RunConfig(job=Job(output=str(out)), model=Model(model_config="tiny", tokenizer="byte"),
+                        data=Data(data=(str(data),)))  # fmt: skip
+    cfg = RunRecord(options, Strategy(), seq_len=32, resume=str(resumed))
+
+    def error(code, path=None):
+        return OSError(code, os.strerror(code), *([str(path)] if path else []))
+
+    assert _classified(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), cfg) == (
+        1, "network connection failed: Connection reset by peer", True
+    )  # fmt: skip
+    assert _classified(error(errno.EPIPE), cfg) == (
+        1, "network connection failed: Broken pipe", True
+    )  # fmt: skip
+    assert _classified(error(errno.ECONNREFUSED), cfg)[0::2] == (1, True)
+    assert _classified(TimeoutError("timed out"), cfg)[0::2] == (1, True)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        assert _classified(error(code, out / "metrics.jsonl"), cfg) == (
+            2, f"cannot write {out / 'metrics.jsonl'}: {os.strerror(code)}", False
+        )  # fmt: skip
+    assert _classified(error(errno.EACCES, f"{data}.bin"), cfg) == (
+        2, f"cannot read {data}.bin: Permission denied", False
+    )  # fmt: skip
+    assert _classified(error(errno.EIO, resumed / "0_0.distcp"), cfg) == (
+        2, f"cannot read {resumed / '0_0.distcp'}: Input/output error", False
+    )  # fmt: skip
+    assert _classified(error(errno.ENOSPC, "/dev/shm/x"), cfg)[:2] == (
+        2, "cannot write /dev/shm/x: No space left on device"
+    )  # fmt: skip
+    assert _classified(error(errno.EMFILE), cfg) == (
+        1, "OSError: [Errno 24] Too many open files", False
+    )  # fmt: skip
+    assert _classified(RuntimeError("pipeline peer rank 1: closed the connection"), cfg) == (
+        1, "RuntimeError: pipeline peer rank 1: closed the connection", True
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind, code, line",
+    [
+        ("connreset", 1, "Error: network connection failed: Connection reset by peer"),
+        ("eacces-read", 2, "Error: cannot read {data}.bin: Permission denied"),
+    ],
+)
+def test_a_rank_reports_a_network_error_and_a_read_error_as_such(tiny_corpus, tmp_path, kind,
+                                                                 code, line):  # fmt: skip
+    """Injected at step 2 of a one-process run: a dropped connection is a crash (exit 1), an
+    unreadable data file "cannot read" (exit 2); both were "cannot write ..." with exit 2."""
+    result = run_cli([*TINY, *ONE_PROCESS, "--data", tiny_corpus, "--output", tmp_path / "run"],
+                     env={"LLAMA_TRAIN_FAULT_RAISE": f"2:0:{kind}"})  # fmt: skip
+    assert _one_line(result, code) == line.format(data=tiny_corpus)

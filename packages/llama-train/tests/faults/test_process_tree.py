@@ -159,3 +159,103 @@ def test_two_nodes_share_an_output(tiny_corpus, tmp_path):
         assert len(ids) == 1
     finally:
         node1.kill()
+
+
+def test_the_rank_that_raised_is_blamed_not_the_peers_whose_connection_it_closed(
+    job_args, tmp_path
+):
+    """pp4: rank 2 raises at step 3 (injected, ``LLAMA_TRAIN_FAULT_RAISE``) and its teardown
+    outlasts its peers': they fail when its pipeline connections close ("pipeline peer rank 2:
+    closed the connection") and exit first. By exits alone a peer was blamed (rank 1, 3 or 0
+    from run to run); the line names rank 2 and its exception's line."""
+    out = tmp_path / "run"
+    job = Job([*job_args, "--strategy", "pp4", "--output", out],
+              env={"LLAMA_TRAIN_FAULT_RAISE": "3:2"})  # fmt: skip
+    try:
+        code, _, err = job.finish(timeout=240)
+        assert code == 1, err[-3000:]
+        assert err.strip().splitlines() == [
+            "Error: rank 2 failed: RuntimeError: injected failure at step 3 on rank 2; the job "
+            f"was stopped (see {out / 'logs' / 'workerlog.2'})"
+        ]
+        reports = {p.name: json.loads(p.read_text()) for p in (out / "logs").glob("error.*")}
+        assert reports["error.2"]["consequence"] is False
+        peers = [r for name, r in reports.items() if name != "error.2"]
+        assert peers and all(r["consequence"] for r in peers), reports
+        assert any("pipeline peer rank 2" in r["message"] for r in peers), reports
+        # its peers exited first: by exits alone, one of them would be blamed
+        exits = {r: json.loads((out / "logs" / f"exit.{r}.json").read_text()) for r in range(4)}
+        assert min(exits, key=lambda r: exits[r]["time"]) != 2, exits
+        assert wait_gone(job.run_id, GONE_WITHIN_S) == []
+    finally:
+        job.kill()
+
+
+def _probe(lock_path) -> str:
+    """Another process's look at the lock, as node 1's check does: "True" if held."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from llama_train.runlock import _held_by; "
+        "print(_held_by(Path(sys.argv[1]))[0])"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(lock_path)], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip()
+
+
+def test_a_probe_while_the_lock_turns_shared_never_sees_the_run_free(tmp_path, monkeypatch):
+    """``publish`` turns the front's exclusive lock into a shared one. flock(2) converts by
+    removing the lock and then taking the new one; the test gives flock exactly that documented
+    behaviour and probes from another process in between, and before and after every lock call
+    publish makes: the run is held every time. (With flock the probe between found the run free,
+    and a second job could have taken it there.) After publish, a rank joins and a second job is
+    refused."""
+    import fcntl
+
+    from llama_train import runlock
+    from llama_train.errors import TrainError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    seen: list[str] = []
+    publishing = False
+    real_flock, real_fcntl = fcntl.flock, fcntl.fcntl
+
+    def flock(fd, operation):
+        if publishing and operation & fcntl.LOCK_SH:  # a conversion, as flock(2) describes it
+            real_flock(fd, fcntl.LOCK_UN)
+            seen.append(_probe(out / ".lock"))
+        return real_flock(fd, operation)
+
+    def fcntl_call(fd, command, *args):
+        if publishing:
+            seen.append(_probe(out / ".lock"))
+        answer = real_fcntl(fd, command, *args)
+        if publishing:
+            seen.append(_probe(out / ".lock"))
+        return answer
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "fcntl", fcntl_call)
+    lock = runlock.RunLock(out)
+    lock.acquire()
+    try:
+        assert _probe(out / ".lock") == "True"
+        publishing = True
+        lock.publish("run-1", None)
+        publishing = False
+        assert seen and set(seen) == {"True"}, seen
+        rank_fd = runlock.join_as_rank(str(out))
+        assert rank_fd is not None
+        with pytest.raises(TrainError, match="is in use by another llama-train job"):
+            runlock.RunLock(out).acquire()
+        assert _probe(out / ".lock") == "True"
+        import os
+
+        os.close(rank_fd)
+    finally:
+        lock.release()
+    assert _probe(out / ".lock") == "False"

@@ -15,6 +15,8 @@ Paddle outside them before the parallel stack or the launcher relies on any of t
 * ``launch``: Paddle's launcher's stop signal handling and its rank start (llama-train).
 * ``optimizer``: an optimizer's accumulators (llama-train reads and reshards AdamW's moments).
 * ``kernels``: Paddle's own fused kernels a build may lack for a device (``fused_rms_norm`` on CPU).
+* ``settings``: the CPU math threads (llama-infer) and the logger of Paddle's distributed modules
+  (llama-train quiets its checkpoint writer).
 
 llama-ops keeps its one internal (``paddle._C_ops._run_custom_op``, its custom-op call) itself: it
 depends on nothing of the project. The gloo patches in force are listed in llama-train's start-up
@@ -29,7 +31,8 @@ from llama_model.errors import LlamaModelError
 
 UNVERIFIED_ENV = "LLAMA_MODEL_UNVERIFIED_PADDLE"
 # The adapter modules, each declaring the Paddle series it was verified for (``VERIFIED_FOR``).
-ADAPTERS = ("gloo", "kernels", "launch", "optimizer", "pipelining", "static_engine", "tensors")
+ADAPTERS = ("gloo", "kernels", "launch", "optimizer", "pipelining", "settings", "static_engine",
+            "tensors")  # fmt: skip
 
 
 def paddle_series(version: str) -> str:

@@ -13,12 +13,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
+import hmac
+import json
+import math
 import os
-import pickle
 import queue
+import secrets
 import socket
 import struct
 import threading
+import time
+import typing
 
 import numpy as np
 
@@ -67,8 +73,9 @@ def patch_process_mesh_for_numpy() -> None:
 # ---------------------------------------------------------------------------------------------------
 # Defect 2 (gloo): ProcessGroupGloo's constructor (collective._new_process_group_impl) rendezvouses
 # through the *global* TCPStore with unprefixed keys, so disjoint groups created at the same moment
-# read each other's addresses ("Connection refused" / gloo TIMEOUT). Not a patch: every group is
-# created by every rank in one order with a barrier after each (``new_groups_in_order``).
+# read each other's addresses ("Connection refused" / gloo TIMEOUT). The groups this package makes
+# are created by every rank in one order with a barrier after each (``new_groups_in_order``); those
+# Paddle's own code makes get a store of their own (``groups_created_apart``).
 def new_groups_in_order(rank_lists):
     """Create each group on every rank, in the given order, a barrier after each; returns the list."""
     groups = []
@@ -77,6 +84,39 @@ def new_groups_in_order(rank_lists):
         if is_gloo():
             dist.barrier()
     return groups
+
+
+@contextlib.contextmanager
+def groups_created_apart():
+    """Within the block, each gloo group that Paddle's own code creates (``dist.to_static`` runs
+    ``fleet.init``, whose hybrid topology makes the dp, mp, pp, sharding and sep groups one after
+    another, with no barrier) rendezvouses on a store of its own, as the compiled programs' groups
+    do (``patch_static_process_groups``). On the global store a rank that lagged behind left its
+    previous address under the key the others read, and the compiled step's start-up failed with
+    "Connection refused" (more often the more loaded the machine). The private
+    stores listen on 127.0.0.1, so across nodes the groups keep the global store."""
+    if not is_gloo() or _host() != "127.0.0.1":
+        yield
+        return
+    from paddle.base import core
+    from paddle.distributed import collective
+
+    original = collective._new_process_group_impl
+
+    def create(backend, store, rank, world_size, group_name, pg_options, group_id=0, **kwargs):
+        if backend == "gloo" and group_id != 0:
+            key = f"llama_model/dygraph_pg/{group_id}"
+            store = _private_store(
+                core.create_or_get_global_tcp_store(), key, rank == 0, world_size
+            )
+        return original(backend, store, rank, world_size, group_name, pg_options, group_id,
+                        **kwargs)  # fmt: skip
+
+    collective._new_process_group_impl = create
+    try:
+        yield
+    finally:
+        collective._new_process_group_impl = original
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,121 +162,102 @@ def patch_pipeline_p2p_ordering() -> None:
 # a writer thread and returns (buffered, as NCCL's isend is), a reader thread per peer queues what
 # arrives, and a receive takes the next message of that peer: messages of one directed pair arrive
 # in the order they were sent, as over NCCL. One TCP connection per directed pair, TCP_NODELAY; the
-# addresses are published once in the job's TCPStore (whose own round trips cost ~44 ms each: too
-# slow to carry the messages). pp2 FThenB/1F1B keep gloo with the ordering above.
+# addresses are published once in the job's TCPStore (a store round trip is far too slow to carry
+# the messages themselves). pp2 FThenB/1F1B keep gloo with the ordering above.
+#
+# The port accepts only the job's own ranks: a connecting rank answers a fresh nonce with an HMAC
+# keyed by a secret published in the job's TCPStore, so a process that reaches the port but not the
+# store can neither claim a rank nor inject tensors (whoever can read the store is trusted, as gloo
+# trusts it). Nothing received is unpickled: every message has a typed header (kind, dtype, shape,
+# byte count) checked against the buffer it fills, and the stages' shape exchange is tagged JSON.
+# A transport error (a peer gone, a failed send) fails this rank's next send or receive.
+class P2PError(RuntimeError):
+    """A failure of the pipeline transport; the message names the peer rank."""
+
+
+_KEY = "llama_model_p2p"
+_HANDSHAKE_S = 5.0  # a connection that has not proved it belongs to the job by then is dropped
+_POLL_S = 0.25  # how often a waiting receive looks for a transport error
+_MAGIC = b"llmp2p/1"
+_NONCE = 16
+_HELLO = struct.Struct("<8sq32s")  # magic, the connecting rank, HMAC-SHA256(secret, nonce + rank)
+_ACCEPTED = b"\x01"
+_TENSOR, _OBJECT = 1, 2
+_MAX_NDIM = 8
+_HEADER = struct.Struct(f"<BBB5xQ{_MAX_NDIM}q")  # kind, dtype code, ndim, byte count, shape
+_MAX_OBJECT_BYTES = 1 << 20  # the shape exchange's JSON is a few hundred bytes
+# The dtypes a message may carry and their sizes (known here: the reader threads check headers
+# without calling Paddle); a header holds the dtype's place in this table + 1 (0: an object message).
+_DTYPES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+           "int16": 2, "int8": 1, "uint8": 1, "bool": 1}  # fmt: skip
+
+
+class _Message(typing.NamedTuple):
+    kind: int
+    dtype: str | None
+    shape: tuple[int, ...]
+    payload: bytearray
+
+
 class SocketP2P:
-    TIMEOUT_S = 1800.0  # as long as gloo's default: a peer that died fails the receive, not a hang
+    """Point-to-point tensors and the stages' shape exchange between this job's ranks over TCP."""
+
+    TIMEOUT_S = 1800.0  # as long as gloo's default, for a peer alive but silent
 
     def __init__(self, store, rank: int, host: str = "127.0.0.1"):
         self.store, self.rank = store, rank
+        self._secret = _job_secret(store)
         self._lock = threading.Lock()
         self._inbox: dict[int, queue.Queue] = {}
         self._outbox: dict[int, queue.Queue] = {}
-        self._connections: list = []
+        self._connections: set[socket.socket] = set()
+        self._accepted: set[int] = set()  # the peers whose connection passed the handshake
         self._threads: list[threading.Thread] = []
+        self._writers: list[threading.Thread] = []
+        self._failure: str | None = None
         self._closing = False
         self._server = socket.create_server((host, 0))
         port = self._server.getsockname()[1]
         self._start(self._accept, (), "p2p-accept")
-        store.set(f"llama_model_p2p/address/{rank}", f"{host}:{port}".encode())
+        store.set(f"{_KEY}/address/{rank}", f"{host}:{port}".encode())
 
-    def _start(self, target, args, name: str) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True, name=name)
-        self._threads.append(thread)
-        thread.start()
-
-    def close(self) -> None:
-        """Stop the threads and close the sockets (at exit: threads still reading while the
-        interpreter finalises crashed a rank with SIGSEGV)."""
-        self._closing = True
-        with self._lock:
-            outboxes = list(self._outbox.values())
-            connections = list(self._connections)
-        for outbox in outboxes:
-            outbox.put(None)
-        for conn in [self._server, *connections]:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-    def _queue(self, table: dict, peer: int) -> queue.Queue:
-        with self._lock:
-            return table.setdefault(peer, queue.Queue())
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:  # closed
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._connections.append(conn)
-            peer = struct.unpack("<q", _read_exactly(conn, 8))[0]
-            self._start(self._read, (conn, peer), f"p2p-from-{peer}")
-
-    def _read(self, conn, peer: int) -> None:
-        inbox = self._queue(self._inbox, peer)
-        try:
-            while True:
-                size = struct.unpack("<q", _read_exactly(conn, 8))[0]
-                inbox.put(_read_exactly(conn, size))
-        except (OSError, EOFError) as exc:
-            if not self._closing:
-                inbox.put(exc)
-
-    def _write(self, conn, outbox: queue.Queue) -> None:
-        while True:
-            payload = outbox.get()
-            if payload is None:  # close()
-                return
-            conn.sendall(struct.pack("<q", len(payload)) + payload)
-
-    def _put(self, peer: int, payload: bytes) -> None:
-        with self._lock:
-            outbox = self._outbox.get(peer)
-        if outbox is None:
-            self.store.wait(f"llama_model_p2p/address/{peer}")
-            host, port = self.store.get(f"llama_model_p2p/address/{peer}").decode().rsplit(":", 1)
-            conn = socket.create_connection((host, int(port)))
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.sendall(struct.pack("<q", self.rank))
-            with self._lock:
-                self._connections.append(conn)
-            outbox = self._queue(self._outbox, peer)
-            self._start(self._write, (conn, outbox), f"p2p-to-{peer}")
-        outbox.put(payload)
-
-    def _take(self, peer: int) -> bytes:
-        try:
-            item = self._queue(self._inbox, peer).get(timeout=self.TIMEOUT_S)
-        except queue.Empty:
-            raise RuntimeError(
-                f"no pipeline message from rank {peer} in {self.TIMEOUT_S:.0f} s"
-            ) from None
-        if isinstance(item, Exception):
-            raise RuntimeError(f"the pipeline connection from rank {peer} closed: {item}")
-        return item
-
+    # --- the public surface: tensors, the shape exchange's objects, the schedules' batches -------
     def send(self, tensor, peer: int) -> None:
-        self._put(peer, _host_array(local_value(tensor)).tobytes())
+        local = local_value(tensor)
+        payload = _host_array(local).tobytes()
+        header = _header(_TENSOR, _dtype_name(local.dtype), local.shape, len(payload))
+        self._put(peer, header, payload)
 
     def recv(self, tensor, peer: int) -> None:
         local = local_value(tensor)
-        data = np.frombuffer(self._take(peer), dtype=_numpy_dtype(local.dtype))
+        message = self._take(peer, _TENSOR)
+        got = (message.dtype, list(message.shape))
+        want = (_dtype_name(local.dtype), list(local.shape))
+        if got != want:
+            raise P2PError(
+                f"rank {peer} sent a {got[0]} {got[1]} tensor where this rank's receive buffer is "
+                f"{want[0]} {want[1]}"
+            )
+        data = np.frombuffer(message.payload, dtype=_numpy_dtype(local.dtype))
         local.copy_(paddle.to_tensor(data.reshape(local.shape)), False)
 
     # The stages' shape exchange of the first step (``dist.send_object_list``): Paddle pickles the
     # tensor metadata and sends it over the stage's group, whose gloo tags count every operation on
-    # the group, so two ranks of a group of four never agree on one (pp4 timed out there). Same
-    # pickled metadata, between two ranks of this job, carried by these sockets.
+    # the group, so two ranks of a group of four never agree on one (pp4 timed out there). Here the
+    # same metadata travels as tagged JSON (``_encode_object``) between two ranks of this job.
     def send_object_list(self, objects, dst: int, group=None) -> None:
-        self._put(dst, pickle.dumps(list(objects)))
+        payload = json.dumps(_encode_object(list(objects)), allow_nan=False).encode()
+        self._put(dst, _header(_OBJECT, None, [], len(payload)), payload)
 
     def recv_object_list(self, objects, src: int, group=None) -> None:
-        objects[:] = pickle.loads(self._take(src))  # a rank of this job wrote it
+        message = self._take(src, _OBJECT)
+        try:
+            received = _decode_object(json.loads(message.payload))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise P2PError(f"rank {src} sent an object list that does not decode: {exc}") from None
+        if type(received) is not list or len(received) != len(objects):
+            raise P2PError(f"rank {src} sent {_short(received)}; expected a list of {len(objects)}")
+        objects[:] = received
 
     def batch(self, p2p_ops, desc=None):
         """The schedules' ``_batch_p2p``: every send first (they do not block), then the receives."""
@@ -250,6 +271,245 @@ class SocketP2P:
                 self.recv(op.tensor, op.peer)
         return _Completed()
 
+    def close(self) -> None:
+        """Send what is queued, then stop the threads and close the sockets (at exit: threads
+        still reading while the interpreter finalises crashed a rank with SIGSEGV)."""
+        with self._lock:
+            self._closing = True
+            outboxes, writers = list(self._outbox.values()), list(self._writers)
+        for outbox in outboxes:
+            outbox.put(None)
+        deadline = time.monotonic() + 5
+        for writer in writers:  # a peer that stopped reading holds its writer until the deadline
+            writer.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            connections, threads = list(self._connections), list(self._threads)
+        for conn in [self._server, *connections]:
+            _close(conn)
+        for thread in threads:
+            thread.join(timeout=5)
+
+    # --- sending: one connection and writer thread per peer, opened by the first send ------------
+    def _put(self, peer: int, header: bytes, payload: bytes) -> None:
+        self._raise_failure()
+        with self._lock:
+            outbox = self._outbox.get(peer)
+        if outbox is None:
+            conn, outbox = self._connect(peer), queue.Queue()
+            writer = self._start(self._write, (conn, peer, outbox), f"p2p-to-{peer}")
+            with self._lock:
+                self._outbox[peer] = outbox
+                self._writers.append(writer)
+        outbox.put(header + payload)  # one write: a header alone would cost a packet of its own
+
+    def _connect(self, peer: int) -> socket.socket:
+        """A connection to ``peer`` that has passed its handshake."""
+        self.store.wait(f"{_KEY}/address/{peer}")
+        address = self.store.get(f"{_KEY}/address/{peer}").decode()
+        host, port = address.rsplit(":", 1)
+        try:
+            conn = socket.create_connection((host, int(port)), timeout=_HANDSHAKE_S)
+        except OSError as exc:
+            raise P2PError(f"cannot connect to rank {peer} at {address}: {exc}") from None
+        self._track(conn)
+        try:
+            nonce = _read_exactly(conn, _NONCE)
+            conn.sendall(_HELLO.pack(_MAGIC, self.rank, _mac(self._secret, nonce, self.rank)))
+            if _read_exactly(conn, len(_ACCEPTED)) != _ACCEPTED:
+                raise EOFError("unexpected answer")
+        except (OSError, EOFError) as exc:
+            self._drop(conn)
+            raise P2PError(f"rank {peer} at {address} refused the handshake: {exc}") from None
+        conn.settimeout(None)
+        return conn
+
+    def _write(self, conn, peer: int, outbox: queue.Queue) -> None:
+        while (message := outbox.get()) is not None:  # None: close()
+            try:
+                conn.sendall(message)
+            except OSError as exc:
+                self._fail(peer, f"sending failed: {exc}")
+                return
+
+    # --- receiving: the accept loop, one thread per connection (handshake, then its messages) ----
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed, or a connection reset before it was accepted
+                time.sleep(0.01)
+                continue
+            self._track(conn)
+            self._start(self._serve, (conn,), "p2p-handshake")
+
+    def _serve(self, conn) -> None:
+        peer = self._handshake(conn)
+        if peer is None:  # not one of the job's ranks: nothing it sent is read
+            self._drop(conn)
+            return
+        threading.current_thread().name = f"p2p-from-{peer}"
+        inbox = self._queue(peer)
+        try:
+            while (message := _read_message(conn)) is not None:
+                inbox.put(message)
+            reason = "closed the connection"
+        except (OSError, EOFError, ValueError) as exc:  # a broken connection, a malformed header
+            reason = str(exc)
+        self._fail(peer, reason)
+
+    def _handshake(self, conn) -> int | None:
+        """The rank at the other end, or None when it does not prove it belongs to the job."""
+        try:
+            conn.settimeout(_HANDSHAKE_S)
+            nonce = secrets.token_bytes(_NONCE)
+            conn.sendall(nonce)
+            magic, peer, mac = _HELLO.unpack(_read_exactly(conn, _HELLO.size))
+            if magic != _MAGIC or not hmac.compare_digest(mac, _mac(self._secret, nonce, peer)):
+                return None
+            with self._lock:
+                if peer in self._accepted:  # one connection per peer and direction
+                    return None
+                self._accepted.add(peer)
+            conn.sendall(_ACCEPTED)
+            conn.settimeout(None)
+            return peer
+        except (OSError, EOFError):
+            return None
+
+    def _take(self, peer: int, kind: int) -> _Message:
+        """The next message from ``peer``, which must be of ``kind``."""
+        inbox, deadline = self._queue(peer), time.monotonic() + self.TIMEOUT_S
+        while (message := _poll(inbox)) is None:
+            self._raise_failure()
+            if time.monotonic() > deadline:
+                raise P2PError(f"no message from rank {peer} in {self.TIMEOUT_S:.0f} s")
+        if message.kind != kind:
+            raise P2PError(
+                f"rank {peer} sent {_KIND_NAMES[message.kind]} where {_KIND_NAMES[kind]} was expected"
+            )
+        return message
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def _fail(self, peer: int, reason: str) -> None:
+        """Record the first transport error: the next send, or receive finding no message, raises
+        it (within _POLL_S for a receive already waiting)."""
+        with self._lock:
+            if self._failure is None and not self._closing:
+                self._failure = f"pipeline peer rank {peer}: {reason}"
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise P2PError(self._failure)
+
+    def _queue(self, peer: int) -> queue.Queue:
+        with self._lock:
+            return self._inbox.setdefault(peer, queue.Queue())
+
+    def _track(self, conn) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._connections.add(conn)
+
+    def _drop(self, conn) -> None:
+        _close(conn)
+        with self._lock:
+            self._connections.discard(conn)
+
+    def _start(self, target, args, name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+        return thread
+
+
+_KIND_NAMES = {_TENSOR: "a tensor", _OBJECT: "an object list"}
+
+
+def _poll(inbox: queue.Queue) -> _Message | None:
+    """The next message, or None after _POLL_S (the caller looks for a transport error)."""
+    try:
+        return inbox.get(timeout=_POLL_S)
+    except queue.Empty:
+        return None
+
+
+def _job_secret(store) -> bytes:
+    """The job's handshake secret: made by whichever rank asks first, read from the store by all."""
+    if store.add(f"{_KEY}/secret-maker", 1) == 1:
+        store.set(f"{_KEY}/secret", secrets.token_hex(32).encode())
+    store.wait(f"{_KEY}/secret")
+    return store.get(f"{_KEY}/secret")
+
+
+def _mac(secret: bytes, nonce: bytes, rank: int) -> bytes:
+    return hmac.new(secret, nonce + struct.pack("<q", rank), hashlib.sha256).digest()
+
+
+def _header(kind: int, dtype: str | None, shape, nbytes: int) -> bytes:
+    shape = [int(d) for d in shape]
+    if len(shape) > _MAX_NDIM:
+        raise P2PError(f"the pipeline transport carries tensors of up to {_MAX_NDIM} dimensions")
+    code = 0 if dtype is None else list(_DTYPES).index(dtype) + 1
+    return _HEADER.pack(kind, code, len(shape), nbytes, *shape, *[0] * (_MAX_NDIM - len(shape)))
+
+
+def _read_message(conn) -> _Message | None:
+    """The next message on ``conn``; None when the peer closed the connection between messages."""
+    header = _read_exactly(conn, _HEADER.size, eof_ok=True)
+    if header is None:
+        return None
+    kind, code, ndim, nbytes, *dims = _HEADER.unpack(header)
+    dtype, shape = _check_header(kind, code, ndim, nbytes, dims)
+    return _Message(kind, dtype, shape, _read_exactly(conn, nbytes))
+
+
+def _check_header(kind, code, ndim, nbytes, dims) -> tuple[str | None, tuple[int, ...]]:
+    """A header's dtype and shape, after checking that its fields agree with each other."""
+    if kind == _OBJECT and code == 0 and ndim == 0 and nbytes <= _MAX_OBJECT_BYTES:
+        return None, ()
+    shape = tuple(dims[:ndim])
+    if (
+        kind != _TENSOR
+        or not 1 <= code <= len(_DTYPES)
+        or ndim > _MAX_NDIM
+        or min(shape, default=0) < 0
+    ):
+        raise ValueError(
+            f"malformed header (kind {kind}, dtype code {code}, ndim {ndim}, {nbytes} bytes)"
+        )
+    dtype = list(_DTYPES)[code - 1]
+    if nbytes != math.prod(shape) * _DTYPES[dtype]:
+        raise ValueError(f"header announces {nbytes} bytes for a {dtype} {list(shape)} tensor")
+    return dtype, shape
+
+
+def _read_exactly(conn, size: int, eof_ok: bool = False) -> bytearray | None:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            if eof_ok and got == 0:
+                return None
+            raise EOFError(f"connection closed after {got} of {size} bytes")
+        got += n
+    return buffer
+
+
+def _close(conn) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    conn.close()
+
+
+def _dtype_name(dtype) -> str:
+    name = str(dtype).removeprefix("paddle.")
+    if name not in _DTYPES:
+        raise P2PError(f"the pipeline transport carries {', '.join(_DTYPES)}, not {name}")
+    return name
+
 
 # The transport's own copies to the host, through the method as Paddle defines it: host_reads
 # counts the reads a training step makes on a device, and this transport exists on CPU only.
@@ -262,35 +522,174 @@ def _numpy_dtype(dtype) -> np.dtype:
     return _host_array(paddle.empty([0], dtype=dtype)).dtype
 
 
-def _read_exactly(conn, size: int) -> bytes:
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while got < size:
-        n = conn.recv_into(view[got:])
-        if n == 0:
-            raise EOFError("connection closed")
-        got += n
-    return bytes(buffer)
+# What Paddle 3.3.1's pipelining stages send through send_object_list (stage.py, _shape_inference
+# and _shape_inference_bwd): ``[outputs_meta]``, a tuple of ``TensorMeta`` (global shape as a
+# paddle.Size, local shape, dtype, placements, stop_gradient), possibly with the non-tensor values
+# of a stage's outputs left as they are. Each container and Paddle type is tagged; anything else is
+# refused at the sender, and an unknown tag or field at the receiver.
+_META_FIELDS = {"shape", "_local_shape", "dtype", "placements", "stop_gradient"}
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _tensor_meta_class():
+    from paddle.distributed.auto_parallel.pipelining.utils import TensorMeta
+
+    return TensorMeta
+
+
+def _encode_object(obj):
+    if type(obj) in _SCALARS:
+        return obj
+    if type(obj) in (list, tuple):
+        return {"type": type(obj).__name__, "items": [_encode_object(x) for x in obj]}
+    if type(obj) is _tensor_meta_class():
+        return _encode_tensor_meta(obj)
+    raise TypeError(
+        "send_object_list carries None, bool, int, float, str, list, tuple and Paddle's "
+        f"TensorMeta, not {_short(obj)}"
+    )
+
+
+def _encode_tensor_meta(meta) -> dict:
+    if set(vars(meta)) != _META_FIELDS:
+        raise TypeError(
+            f"Paddle's TensorMeta now has {sorted(vars(meta))}, not {sorted(_META_FIELDS)}"
+        )
+    placements = meta.placements
+    return {
+        "type": "TensorMeta",
+        "shape": [int(d) for d in meta.shape],
+        "local_shape": None if meta._local_shape is None else [int(d) for d in meta._local_shape],
+        "dtype": _dtype_name(meta.dtype),
+        "placements": None if placements is None else [_encode_placement(p) for p in placements],
+        "stop_gradient": bool(meta.stop_gradient),
+    }
+
+
+def _encode_placement(placement) -> dict:
+    if (
+        isinstance(placement, dist.Shard)
+        and placement.get_split_factor() == 1
+        and placement.get_co_shard_order() == 0
+    ):
+        return {"type": "Shard", "dim": placement.get_dim()}
+    if isinstance(placement, dist.Replicate):
+        return {"type": "Replicate"}
+    if isinstance(placement, dist.Partial):
+        return {"type": "Partial", "reduce": placement.reduce_type().name}
+    raise TypeError(f"send_object_list carries Shard(dim), Replicate and Partial, not {placement}")
+
+
+def _decode_object(value):
+    if type(value) in _SCALARS:
+        return value
+    tag = _tagged(value, {"list": {"items"}, "tuple": {"items"}, "TensorMeta": _META_JSON_FIELDS})
+    if tag == "TensorMeta":
+        return _decode_tensor_meta(value)
+    items = [_decode_object(x) for x in _typed(value["items"], list)]
+    return items if tag == "list" else tuple(items)
+
+
+_META_JSON_FIELDS = {"shape", "local_shape", "dtype", "placements", "stop_gradient"}
+
+
+def _decode_tensor_meta(fields: dict):
+    """A TensorMeta as Paddle's constructor would have made it, without a tensor to read."""
+    meta = object.__new__(_tensor_meta_class())
+    meta.shape = paddle.Size(_shape(fields["shape"]))
+    meta._local_shape = None if fields["local_shape"] is None else _shape(fields["local_shape"])
+    meta.dtype = getattr(paddle, _one_of(fields["dtype"], _DTYPES))
+    placements = fields["placements"]
+    meta.placements = (
+        None if placements is None else [_decode_placement(p) for p in _typed(placements, list)]
+    )
+    meta.stop_gradient = _typed(fields["stop_gradient"], bool)
+    return meta
+
+
+def _decode_placement(value):
+    tag = _tagged(value, {"Shard": {"dim"}, "Replicate": set(), "Partial": {"reduce"}})
+    if tag == "Shard":
+        return dist.Shard(_typed(value["dim"], int))
+    if tag == "Replicate":
+        return dist.Replicate()
+    reduce_types = dist.ReduceType.__members__
+    return dist.Partial(reduce_types[_one_of(value["reduce"], reduce_types)])
+
+
+def _tagged(value, schemas: dict[str, set[str]]) -> str:
+    """The tag of ``value``, a dict with a known "type" and exactly that type's fields."""
+    tag = _typed(value, dict).get("type")
+    if tag not in schemas or set(value) != schemas[tag] | {"type"}:
+        raise ValueError(f"unknown or malformed tagged value {_short(value)}")
+    return tag
+
+
+def _typed(value, kind):
+    if type(value) is not kind:
+        raise ValueError(f"expected a {kind.__name__}, got {_short(value)}")
+    return value
+
+
+def _shape(value) -> list[int]:
+    return [_typed(d, int) for d in _typed(value, list)]
+
+
+def _one_of(value, names):
+    if type(value) is not str or value not in names:
+        raise ValueError(f"unknown name {_short(value)}")
+    return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def use_socket_p2p() -> None:
-    """Carry the pipelining schedules' p2p and shape exchange over SocketP2P; gloo only."""
-    if not is_gloo() or "pipeline_p2p_sockets" in _applied:
+    """Carry the pipelining schedules' p2p and shape exchange over SocketP2P; gloo only. Paddle's
+    own functions come back at exit or with :func:`stop_socket_p2p`."""
+    global _socket_p2p
+    if not is_gloo() or _socket_p2p is not None:
         return
     from paddle.base import core
     from paddle.distributed.auto_parallel.pipelining import schedules, stage
 
     p2p = SocketP2P(core.create_or_get_global_tcp_store(), dist.get_rank(), _host())
-    atexit.register(p2p.close)
+    _socket_p2p = (p2p, schedules._batch_p2p, stage.dist)
     schedules._batch_p2p = p2p.batch
     stage.dist = _StageDistributed(p2p)
     _applied.add("pipeline_p2p_sockets")
+    atexit.register(stop_socket_p2p)
+
+
+def stop_socket_p2p() -> None:
+    """Give the schedules their own p2p back and close the transport; idempotent."""
+    global _socket_p2p
+    if _socket_p2p is None:
+        return
+    from paddle.distributed.auto_parallel.pipelining import schedules, stage
+
+    p2p, schedules._batch_p2p, stage.dist = _socket_p2p
+    _socket_p2p = None
+    _applied.discard("pipeline_p2p_sockets")
+    atexit.unregister(stop_socket_p2p)
+    p2p.close()
+
+
+_socket_p2p: tuple | None = None  # (transport, Paddle's _batch_p2p, stage.py's dist) while in use
 
 
 def _host() -> str:
-    """This rank's address as Paddle's launcher gives it (reachable by the other nodes)."""
+    """The address to listen on: loopback when every rank of the job runs on this machine (nothing
+    else need reach the port), else this rank's address as Paddle's launcher gives it."""
+    hosts = {
+        e.rsplit(":", 1)[0] for e in os.environ.get("PADDLE_TRAINER_ENDPOINTS", "").split(",") if e
+    }
     endpoint = os.environ.get("PADDLE_CURRENT_ENDPOINT", "")
-    return endpoint.rsplit(":", 1)[0] if ":" in endpoint else "127.0.0.1"
+    if len(hosts) <= 1 or ":" not in endpoint:
+        return "127.0.0.1"
+    return endpoint.rsplit(":", 1)[0]
 
 
 def socket_p2p_groups(rank_lists):

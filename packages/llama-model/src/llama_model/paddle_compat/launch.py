@@ -1,9 +1,21 @@
-"""Paddle's launcher (``paddle.distributed.launch``), as llama-train runs it: its handling of a
-repeated stop signal, and a hook on each rank's start. Verified for Paddle 3.3."""
+"""Paddle's launcher (``paddle.distributed.launch``), as llama-train runs it: in this process, with
+its handling of a repeated stop signal and a hook on each rank's start. Its public surface is the
+command line (``python -m paddle.distributed.launch``). Verified for Paddle 3.3."""
 
 from __future__ import annotations
 
+import sys
+
 VERIFIED_FOR = ("3.3",)
+
+
+def run(args: list[str]) -> None:
+    """``python -m paddle.distributed.launch ARGS``, in this process (so that the hooks below,
+    installed first, apply)."""
+    from paddle.distributed.launch.main import launch
+
+    sys.argv = ["paddle.distributed.launch", *args]
+    launch()
 
 
 def keep_the_first_stop() -> None:
@@ -20,6 +32,20 @@ def keep_the_first_stop() -> None:
         first(self, sigint, frame)
 
     ControllerBase.signal_handler = signal_handler
+
+
+def stop_window(seconds) -> None:
+    """On a stop, the launcher waits ``max(30, seconds())`` for its ranks to save and exit before it
+    kills them, where Paddle's waits a fixed 30 s: a large model's save takes longer."""
+    from paddle.distributed.launch.controllers.controller import ControllerBase
+
+    def stop(self, sigint=None):  # ControllerBase.stop with the window measured, not fixed
+        self.ctx.logger.debug("Controller stop")
+        self.watcher.stop()
+        self.master.stop()
+        self.pod.stop(timeout=max(30.0, float(seconds())))
+
+    ControllerBase.stop = stop
 
 
 def on_rank_start(callback) -> None:

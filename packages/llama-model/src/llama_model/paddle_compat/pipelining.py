@@ -1,9 +1,23 @@
-"""Paddle's pipelining schedules (``paddle.distributed.auto_parallel.pipelining``): the
-micro-batch split, the last stage's outputs, a forward-only run. Verified for Paddle 3.3."""
+"""Paddle's pipelining schedules (``paddle.distributed.auto_parallel.pipelining``, which
+``paddle.distributed`` does not export): the stage and schedule classes, the micro-batch split, the
+last stage's outputs, a forward-only run. Verified for Paddle 3.3."""
 
 from __future__ import annotations
 
 VERIFIED_FOR = ("3.3",)
+
+
+def schedules() -> dict:
+    """``PipelineStage`` and the schedule classes by name (``FThenB``, ``1F1B``, ``VPP``)."""
+    from paddle.distributed.auto_parallel.pipelining.schedules import (
+        Schedule1F1B,
+        ScheduleFThenB,
+        ScheduleVPP,
+    )
+    from paddle.distributed.auto_parallel.pipelining.stage import PipelineStage
+
+    return {"stage": PipelineStage, "FThenB": ScheduleFThenB, "1F1B": Schedule1F1B,
+            "VPP": ScheduleVPP}  # fmt: skip
 
 
 def split_microbatches(tensor, chunks: int) -> list:

@@ -1,5 +1,5 @@
-"""Tensors and layers: a dist tensor's local shard, a layer's parameter and buffer slots, storage
-handed from one tensor to another. Verified for Paddle 3.3."""
+"""Tensors and layers: a dist tensor's local shard and one made from local shards, a layer's
+parameter and buffer slots, storage handed from one tensor to another. Verified for Paddle 3.3."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ VERIFIED_FOR = ("3.3",)
 def local_value(tensor):
     """This rank's shard of a dist tensor; any other tensor as it is."""
     return tensor._local_value() if tensor.is_dist() else tensor
+
+
+def dist_from_local(local, mesh, placements):
+    """The dist tensor on ``mesh`` with ``placements`` whose shard on this rank is ``local``
+    (nothing is communicated: every rank passes its own shard)."""
+    from paddle.distributed.auto_parallel.api import dtensor_from_local
+
+    return dtensor_from_local(local, mesh, placements)
 
 
 def replace_parameters(layer, place) -> None:
