@@ -80,7 +80,7 @@ def test_alone_after_paddle_warns_once_where_it_matters_and_sets_nothing():
         category, text = warned[0]
         assert category == "RuntimeWarning"
         assert ("MKL_DEBUG_CPU_TYPE=5" in text) == mkl and ("GOMP_SPINCOUNT=0" in text) == gomp
-        assert "0.36x" in text or "0.55x" in text  # the measured cost
+        assert "0.36x" in text or "0.6x" in text  # the measured cost
         assert "import llama_ops before paddle" in text  # the fix
 
 

@@ -133,17 +133,18 @@ def library_loaded(soname: str) -> bool:
 
 # ------------------------------------------------------------------ when a package loads Paddle
 # What a lost setting costs, measured on a 2-core AMD EPYC VM (family 25, model 17: Zen 4, AVX-512),
-# paddlepaddle 3.3.1, 2026-12-05, in a process that imported paddle first against one configured
-# first: packages/llama-model/benchmarks/bench_runtime.py (a 1024x1024 float32 matmul, median of
-# 9 x 5) and bench_train_step.py --mkl-default (config T's training step with llama-ops).
+# paddlepaddle 3.3.1, 2026-12-05: packages/llama-model/benchmarks/bench_runtime.py (a 1024x1024
+# float32 matmul in a process that imported paddle first against one where llama-model loaded it:
+# 0.34-0.37x, 1 and 2 threads, three runs), bench_train_step.py --mkl-default (config T's step with
+# llama-ops: 0.085-0.088x) and --gomp-spin (0.58x). llama-model's README has the runs.
 COST = {
     "MKL_DEBUG_CPU_TYPE": (
         "without it the MKL of Paddle's wheel takes its generic code path on this AMD CPU: a "
-        "1024x1024 matmul runs at 0.36x, config T's training step at 0.08x"
+        "1024x1024 matmul runs at 0.36x, config T's training step at about 0.09x"
     ),
     "GOMP_SPINCOUNT": (
         "without it llama-ops' libgomp threads spin after each kernel and hold the cores MKL "
-        "needs: config T's training step at 0.55x"
+        "needs: config T's training step at about 0.6x"
     ),
 }
 

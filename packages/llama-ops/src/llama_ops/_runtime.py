@@ -13,7 +13,7 @@ loads its libraries, so that nothing can set them later:
   matrix product.
 * ``GOMP_SPINCOUNT=0`` when the kernels will load: they run on GCC's OpenMP (libgomp, loaded with
   paddle) beside MKL's Intel OpenMP, and libgomp's threads spinning after each kernel hold the cores
-  the next matmul needs (config T's training step at 0.55x).
+  the next matmul needs (config T's training step at about 0.6x).
 
 Not the allocator policy (glibc keeping freed memory): that is an application's choice, llama-model's
 ``configure_runtime()``. A variable the user set stands. This module imports nothing heavy.
@@ -71,7 +71,7 @@ def _alone() -> None:
         "MKL_DEBUG_CPU_TYPE": "without it the MKL of Paddle's wheel takes its generic code path on "
         "this AMD CPU: a 1024x1024 matmul runs at 0.36x",
         "GOMP_SPINCOUNT": "without it llama-ops' libgomp threads spin after each kernel and hold "
-        "the cores MKL needs: config T's training step at 0.55x",
+        "the cores MKL needs: config T's training step at about 0.6x",
     }
     missing = ", ".join(f"{k}={v} ({costs[k]})" for k, v in wanted.items())
     early = " ".join(f"{k}={v}" for k, v in wanted.items())

@@ -26,12 +26,10 @@ published without updating ``latest``.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ from pathlib import Path
 
 from llama_ckpt.atomic import write_atomic
 from llama_ckpt.runs import COMPLETE, LATEST, TRAINER_STATE  # the protocol's names: one owner
+from llama_train import test_hooks
 from llama_train.errors import TrainError, is_network_error
 
 FORMAT = "llama-train-checkpoint"
@@ -206,20 +205,6 @@ def remove_partial_saves(checkpoints: Path) -> list[Path]:
     return leftovers
 
 
-# Fault injection for the crash-safety tests, in the save of the given step after the shards are
-# written and before the checkpoint is published: rank 0 kills itself (SIGKILL), or the given rank
-# fails its write as a full disk would ("STEP:RANK").
-FAULT_ENV = "LLAMA_TRAIN_FAULT_KILL_IN_SAVE"
-FAULT_ENOSPC_ENV = "LLAMA_TRAIN_FAULT_ENOSPC_IN_SAVE"
-
-
-def _maybe_inject_crash(step: int, rank: int, directory: Path) -> None:
-    if rank == 0 and os.environ.get(FAULT_ENV) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(FAULT_ENOSPC_ENV) == f"{step}:{rank}":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / f"{rank}_0.distcp"))
-
-
 def _write_failed(exc: OSError, tmp: Path, rank: int, alone: bool) -> TrainError:
     # A full disk stays full while the partial save stays. Alone, the rank removes it at once; with
     # peers still writing into it, it removes its own shard only (room for its one-line error
@@ -286,7 +271,7 @@ class CheckpointManager:
                 tmp.mkdir(parents=True)
             self._barrier()
             dist.save_state_dict(tensors, str(tmp))
-            _maybe_inject_crash(state.step, self.rank, tmp)
+            test_hooks.maybe_fail_save(state.step, self.rank, tmp)
             self._barrier()
             if self.rank == 0:
                 self._publish(tmp, final, state)

@@ -1,12 +1,14 @@
 """SIGTERM / SIGINT / SIGHUP: finish the current step, save a checkpoint, exit cleanly.
 
-A signal only sets a flag (SIGHUP too: a dropped ssh session stops the job like SIGTERM). Ranks may receive it during different steps, so after every step the
-ranks agree (an all-reduce of the flag, MAX): either all of them save and stop after the same step,
-or none does. A second SIGINT in a one-process run stops at once (KeyboardInterrupt).
+A signal only sets a flag (SIGHUP too: a dropped ssh session stops the job like SIGTERM). Ranks
+may receive it during different steps, so after every step the ranks agree (an all-reduce of the
+flag, MAX): either all of them save and stop after the same step, or none does. A second SIGINT in
+a one-process run stops at once (KeyboardInterrupt).
 
 Paddle's launcher answers its own SIGTERM/SIGINT by sending SIGTERM to every worker and killing
-them 30 s later: the save must fit in that window (it does for the sizes tested here; a large
-model on slow storage needs a scheduler grace period longer than the checkpoint write).
+them once the orphan grace has passed (``supervise.orphan_grace``: from the measured step and save
+times, never under Paddle's 30 s): the save must fit in that window, and a scheduler's own grace
+period must be longer still.
 """
 
 from __future__ import annotations

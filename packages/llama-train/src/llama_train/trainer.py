@@ -9,14 +9,12 @@ cadences say, and stop when the ranks agree that a signal arrived.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_train import memory, supervise
+from llama_train import memory, supervise, test_hooks
 from llama_train.checkpoint import CheckpointManager, TrainerState
 from llama_train.metrics import (
     FLOPS_FORMULA,
@@ -31,42 +29,6 @@ from llama_train.schedule import LRSchedule
 
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
-
-
-# Fault injection for the tests of what a failing rank reports ("STEP:RANK[:KIND]"): that rank
-# raises at the start of that step, as a bug in the step would (KIND "error", the default: a
-# RuntimeError), or as a dropped connection ("connreset") or an unreadable data file
-# ("eacces-read") would; and waits FAULT_LINGER_S before it exits (``fault_linger``), so that the
-# peers whose connections it closed fail and exit before it does.
-FAULT_RAISE_ENV = "LLAMA_TRAIN_FAULT_RAISE"
-FAULT_LINGER_S = 4.0
-
-
-def _fault(rank: int) -> tuple[int, str] | None:
-    parts = os.environ.get(FAULT_RAISE_ENV, "").split(":")
-    if len(parts) < 2 or parts[1] != str(rank):
-        return None
-    return int(parts[0]), parts[2] if len(parts) > 2 else "error"
-
-
-def fault_linger(rank: int) -> float:
-    """Seconds this rank waits at exit under the fault injection (0 without it)."""
-    return FAULT_LINGER_S if _fault(rank) is not None else 0.0
-
-
-def _maybe_inject_failure(step: int, rank: int, run) -> None:
-    fault = _fault(rank)
-    if fault is None or fault[0] != step:
-        return
-    kind = fault[1]
-    if kind == "connreset":
-        raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
-    if kind == "eacces-read":
-        from llama_train.data import blend_pairs
-
-        path = blend_pairs(run.options.data)[0][1] + ".bin"
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-    raise RuntimeError(f"injected failure at step {step} on rank {rank}")
 
 
 @dataclass
@@ -154,7 +116,7 @@ class Trainer:
             lr = self.schedule(step)
             self.step_fn.set_lr(lr)
             input_ids, labels = self.data.batch(state.consumed_samples)
-            _maybe_inject_failure(step, self.pm.rank, run)
+            test_hooks.maybe_raise(step, self.pm.rank, run)
             profiler.before_step(step)
             start = time.perf_counter()
             loss, norm = self.step_fn.run(step, input_ids, labels)

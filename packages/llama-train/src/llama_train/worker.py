@@ -14,7 +14,6 @@ failure, for the front process to blame the right rank.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from llama_ckpt.clikit import EXIT_CRASH
+from llama_train import test_hooks
 from llama_train.errors import TrainError
 
 
@@ -76,47 +76,7 @@ def _paddle_in_use() -> str:
     return f"Paddle {paddle.__version__}, patches: {', '.join(patches) if patches else 'none'}"
 
 
-# The tests bound what each rank reads of --init-from: with this set to a directory, each rank
-# writes there (rank-R.json) the bytes it read (/proc/self/io rchar, every read of the process)
-# while opening the weights (index, headers) and while filling its parameters.
-INIT_READS_ENV = "LLAMA_TRAIN_RECORD_INIT_READS"
-
-
-def _bytes_read() -> int:
-    with open("/proc/self/io", encoding="ascii") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
-
-
-class _InitReads:
-    """Counts the bytes read while opening the weights and while ``fill`` runs (INIT_READS_ENV)."""
-
-    def __init__(self, directory: str):
-        self.directory = Path(directory)
-        self.opening = self.filling = 0
-
-    def opened(self, open_weights):
-        before = _bytes_read()
-        weights = open_weights()
-        self.opening = _bytes_read() - before
-        fill = weights.fill
-
-        def counted_fill(module):
-            before = _bytes_read()
-            fill(module)
-            self.filling += _bytes_read() - before
-
-        weights.fill = counted_fill
-        return weights
-
-    def write(self, rank: int) -> None:
-        from llama_ckpt.atomic import write_atomic
-
-        record = {"rank": rank, "opening": self.opening, "filling": self.filling}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.directory / f"rank-{rank}.json", json.dumps(record) + "\n")
-
-
-def _initial_weights(run, reads: _InitReads | None = None):
+def _initial_weights(run, reads: test_hooks.InitReads | None = None):
     """The --init-from weights the front process checked and recorded, or None (no --init-from, or
     a resume: the checkpoint's weights win). Refuses weights that changed since that check."""
     source = run.init_source
@@ -168,7 +128,7 @@ def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object
         strategy = run.strategy
         dtype = model_setup.compute_dtype(opts.training.amp)
         recompute = opts.training.recompute_granularity if opts.training.recompute else None
-        reads = _InitReads(os.environ[INIT_READS_ENV]) if os.environ.get(INIT_READS_ENV) else None
+        reads = test_hooks.init_reads()
         weights = _initial_weights(run, reads)
         reading = (
             f"reading the weights of {opts.model.init_from}" if weights is not None else "building"
@@ -283,12 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     run = RunRecord.read(args[0])
     rank = rank_from_env()
-    if os.environ.get("LLAMA_TRAIN_FAULT_RAISE"):  # the tests' fault injection (trainer.py)
-        from llama_train.trainer import fault_linger
-
-        # Registered before the pipeline transport's own, so it runs after it closed the sockets.
-        if fault_linger(rank):
-            atexit.register(time.sleep, fault_linger(rank))
+    # Registered before the pipeline transport's own, so it runs after it closed the sockets.
+    if test_hooks.linger(rank):
+        atexit.register(time.sleep, test_hooks.linger(rank))
     try:
         lock = _supervised(run, rank)  # noqa: F841 - held until the process exits
         console = Console(bar=False, events=events_file(run.output)) if rank == 0 else None
