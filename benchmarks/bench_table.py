@@ -143,17 +143,20 @@ def build(records: list[dict]) -> tuple[str, dict]:
                f["label"], number(f["value"]), f["peer"] or "—", number(f["peer_value"]), ratio]  # fmt: skip
         row += [str(f["machine"] + 1)] if many else []
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
-    settings: dict[tuple[str, str], dict] = {}
+    # Every distinct set of options a script ran with (records of several runs may be gathered).
+    runs: dict[tuple[str, str, str], dict] = {}
     for f in figures:
-        settings.setdefault((f["package"], f["benchmark"]), f.get("settings") or {})
-    soft: dict[tuple[str, str], dict] = {}
-    for f in figures:
-        soft.setdefault((f["package"], f["benchmark"]), f.get("software") or {})
+        opts = f.get("settings") or {}
+        key = (f["package"], f["benchmark"], json.dumps(opts, sort_keys=True))
+        runs.setdefault(key, {"opts": opts, "software": f.get("software") or {}})
     lines += ["", "Options and software of each run:", ""]
-    for key, opts in settings.items():
+    for (package, benchmark, _), run in runs.items():
+        opts = run["opts"]
         shown = ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None and v is not False)
-        extra = f"; {versions(soft[key])}" if soft[key] else ""
-        lines.append(f"- `packages/{key[0]}/benchmarks/{key[1]}.py`: {shown or 'defaults'}{extra}")
+        extra = f"; {versions(run['software'])}" if run["software"] else ""
+        lines.append(
+            f"- `packages/{package}/benchmarks/{benchmark}.py`: {shown or 'defaults'}{extra}"
+        )
     generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     table = {"generated": generated, "machines": machines, "figures": figures}
     return "\n".join(lines) + "\n", table

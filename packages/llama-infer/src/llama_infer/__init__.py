@@ -3,7 +3,10 @@ in dygraph or through exported static programs.
 
 Names that need Paddle (the generator, the decoders, the loader, the exporter) are imported on
 first use: ``import llama_infer`` loads no Paddle (so the command line sets its warning filters
-before Paddle loads), and serving an export directory never imports llama-model.
+before Paddle loads), and serving an export directory never imports llama-model's model code. The
+first of those names to load Paddle applies llama-model's ``configure_runtime()`` settings just
+before (``_paddle.py``); when the application loaded Paddle itself, nothing is applied and one
+warning says what that costs where it matters.
 """
 
 from importlib import import_module
