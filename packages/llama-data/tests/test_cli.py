@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from corpus_files import write_jsonl, write_parquet
 from mmidx_reference import write_reference
 
 from llama_data import IndexedDataset, __version__
@@ -20,11 +21,6 @@ COMMANDS = ["preprocess", "train-tokenizer", "merge", "inspect"]
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def write_jsonl(path, texts):
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
 
 
 def test_version():
@@ -93,6 +89,63 @@ def test_preprocess_and_inspect(tmp_path):
     assert result.exit_code == 0
     assert "documents      3" in result.output
     assert f"text: {texts[0]!r}" in result.output
+
+
+def test_preprocess_parquet_with_text_key_and_auto_workers(tmp_path):
+    write_parquet(tmp_path / "t.parquet", ["héllo", "world"], key="body")
+    result = run(
+        "preprocess",
+        "--input",
+        tmp_path / "t.parquet",
+        "--output-prefix",
+        tmp_path / "ds",
+        "--tokenizer",
+        "byte",
+        "--text-key",
+        "body",
+        "--workers",
+        "auto",
+    )
+    assert result.exit_code == 0, result.output
+    assert "documents   2 from 1 files" in result.output
+    assert ", 1 workers)" in result.output  # auto, but one task: one worker
+    assert [IndexedDataset(tmp_path / "ds")[i].tolist() for i in range(2)] == [
+        [*"héllo".encode(), 257],
+        [*b"world", 257],
+    ]
+    write_jsonl(tmp_path / "k.jsonl", ["abc"], key="content")
+    args = ["--output-prefix", tmp_path / "k", "--tokenizer", "byte", "--json-key", "content"]
+    assert run("preprocess", "--input", tmp_path / "k.jsonl", *args).exit_code == 0
+    assert IndexedDataset(tmp_path / "k")[0].tolist() == [97, 98, 99, 257]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
+def test_bad_workers_value_is_one_line(tmp_path, value):
+    result = CliRunner().invoke(
+        main,
+        ["preprocess", "--input", "a", "--output-prefix", "o", "--tokenizer", "byte",
+         "--workers", value],
+        prog_name="llama-data",
+    )  # fmt: skip
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: Invalid value for '--workers': {value!r} is neither a whole number of at least 1 "
+        "nor 'auto'. Try 'llama-data preprocess --help'.\n"
+    )
+
+
+def test_without_pyarrow_parquet_input_is_one_line(tmp_path, monkeypatch):
+    write_parquet(tmp_path / "t.parquet", ["a"])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import raises ImportError
+    result = run(
+        "preprocess", "--input", tmp_path, "--output-prefix", tmp_path / "o", "--tokenizer", "byte"
+    )
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: reading Parquet and Arrow files needs the 'pyarrow' package: "
+        "pip install 'llama-data[parquet]'\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
 
 
 def test_inspect_check_vocab(tmp_path):

@@ -111,10 +111,14 @@ def test_jsonl_chunks_cover_every_line_once(tmp_path):
     files = find_input_files([path])
     tasks = plan_tasks(files, chunk_bytes=1000)
     assert len(tasks) > 20
-    assert tasks[0].start == 0 and tasks[-1].end == path.stat().st_size
-    assert all(a.end == b.start for a, b in itertools.pairwise(tasks))
+    parts = [part for task in tasks for part in task.parts]
+    assert len(parts) == len(tasks)  # one file: one range per task
+    assert parts[0].start == 0 and parts[-1].end == path.stat().st_size
+    assert all(a.end == b.start for a, b in itertools.pairwise(parts))
     data = path.read_bytes()
-    assert all(data[t.start - 1 : t.start] == b"\n" for t in tasks[1:])
+    assert all(data[p.start - 1 : p.start] == b"\n" for p in parts[1:])
+    longest_line = max(map(len, data.split(b"\n"))) + 1
+    assert all(p.end - p.start <= 1000 + longest_line for p in parts)  # the cap, ending a line
     got = []
     for task in tasks:
         for batch in iter_documents(task, ReadOptions(), ReadStats()):
@@ -170,9 +174,9 @@ def test_corrupt_zst(tmp_path):
         read_all(find_input_files([tmp_path / "c.jsonl.zst"]))
 
 
-def test_other_json_key(tmp_path):
+def test_other_text_key(tmp_path):
     path = write_jsonl(tmp_path / "k.jsonl", ["a", "b"], key="content")
-    assert read_all(find_input_files([path]), json_key="content")[0] == ["a", "b"]
+    assert read_all(find_input_files([path]), text_key="content")[0] == ["a", "b"]
 
 
 TXT = "Title\r\n\r\nFirst paragraph,\nstill first.\n\n\n  Second one.\n \t\nThird\n"

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 import zstandard
+from corpus_files import TEXTS as COLUMN_TEXTS
+from corpus_files import save_to_disk, write_arrow, write_jsonl, write_parquet
 
 import llama_data.preprocessing as preprocess_module
 from llama_data import DataError, IndexedDataset, preprocess
-from llama_data.preprocessing import resolve_dtype
+from llama_data.corpus import find_input_files, plan_tasks
+from llama_data.preprocessing import resolve_dtype, usable_cpus
 
 BYTE_EOS, BYTE_BOS = 257, 256
-
-
-def write_jsonl(path, texts):
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
 
 
 def documents(prefix):
@@ -81,6 +80,89 @@ def test_output_is_identical_for_any_workers_and_chunking(tmp_path, corpus):
         "w2.bin",
         "w2.idx",
     ]
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer.json (the Llama-3 / GPT-2 kind), trained on COLUMN_TEXTS."""
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(COLUMN_TEXTS, trainer)
+    tok.save(str(path))
+    return path
+
+
+# 700 kB: a single file of it is cut into several tasks for two workers (at least 256 KiB each).
+SPLIT_TEXTS = [
+    f"doc {i}: " + "naïve café 🦙 words " * (i % 60) + "\n" * (i % 3) for i in range(1800)
+]
+
+
+@pytest.mark.parametrize("workers", [2, 3, "auto"])
+def test_one_file_split_over_workers_gives_the_same_bytes(tmp_path, workers):
+    jsonl = write_jsonl(tmp_path / "one.jsonl", SPLIT_TEXTS)
+    parquet = write_parquet(tmp_path / "one.parquet", SPLIT_TEXTS, rows_per_group=100)
+    expected = [[*t.encode(), BYTE_EOS] for t in SPLIT_TEXTS]
+    for path in (jsonl, parquet):
+        tasks = plan_tasks(find_input_files([path]), workers=2)
+        assert len(tasks) >= 3 and len(plan_tasks(find_input_files([path]), workers=1)) == 1
+        preprocess([path], tmp_path / "w1", "byte", overwrite=True)
+        result = preprocess([path], tmp_path / "wn", "byte", workers=workers, overwrite=True)
+        assert result.workers == (usable_cpus() if workers == "auto" else workers)
+        assert files_of(tmp_path / "wn") == files_of(tmp_path / "w1")
+        assert documents(tmp_path / "wn") == expected
+
+
+def test_the_same_texts_give_the_same_bytes_in_every_format(tmp_path, bpe_tokenizer):
+    inputs = {
+        "jsonl": write_jsonl(tmp_path / "t.jsonl", COLUMN_TEXTS),
+        "parquet": write_parquet(tmp_path / "t.parquet", COLUMN_TEXTS, rows_per_group=23),
+        "datasets": save_to_disk(tmp_path / "saved", COLUMN_TEXTS, num_shards=2),
+        "arrow file": write_arrow(tmp_path / "t.arrow", COLUMN_TEXTS, stream=False),
+    }
+    outputs = {}
+    for name, path in inputs.items():
+        for workers in (1, 2):
+            prefix = tmp_path / f"{name}-{workers}"
+            result = preprocess(
+                [path], prefix, str(bpe_tokenizer), workers=workers, chunk_bytes=900
+            )
+            assert (result.documents, result.empty_documents) == (298, 2)
+            outputs[name, workers] = files_of(prefix)
+    assert len(set(outputs.values())) == 1
+    # ... and they are the Hugging Face tokenizer's own ids (its batch encoder, what users compare).
+    peer = tokenizers.Tokenizer.from_file(str(bpe_tokenizer))
+    eos = peer.token_to_id("<|endoftext|>")
+    kept = [t for t in COLUMN_TEXTS if t.strip()]
+    encoded = peer.encode_batch(kept, add_special_tokens=False)
+    assert documents(tmp_path / "jsonl-2") == [[*e.ids, eos] for e in encoded]
+
+
+def test_a_bad_parquet_file_leaves_nothing(tmp_path):
+    (tmp_path / "in").mkdir()
+    good = write_parquet(tmp_path / "in" / "a.parquet", SPLIT_TEXTS, rows_per_group=100)
+    texts = [*SPLIT_TEXTS[:50], None, *SPLIT_TEXTS[50:]]
+    write_parquet(tmp_path / "in" / "b.parquet", texts, rows_per_group=20)
+    with pytest.raises(DataError, match=r"b\.parquet: row group 2, row 10: 'text' is null"):
+        preprocess([tmp_path / "in"], tmp_path / "out" / "ds", "byte", workers=2)
+    assert os.listdir(tmp_path / "out") == []
+    # A missing column is found before anything is created.
+    with pytest.raises(DataError, match=r"a\.parquet: no column 'body'"):
+        preprocess([good], tmp_path / "out2" / "ds", "byte", text_key="body")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_text_key_and_its_former_name(tmp_path):
+    path = write_jsonl(tmp_path / "k.jsonl", ["ab", "c"], key="content")
+    preprocess([path], tmp_path / "new", "byte", text_key="content")
+    preprocess([path], tmp_path / "old", "byte", json_key="content")
+    assert documents(tmp_path / "new") == documents(tmp_path / "old") == [[97, 98, 257], [99, 257]]
 
 
 def test_bos_and_no_eos(tmp_path):
@@ -162,7 +244,9 @@ def test_interrupt_midway_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(preprocess_module, "tokenize_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        preprocess([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "out" / "ds", "byte")
+        # chunk_bytes=1: a task per line (small files are otherwise read as one task)
+        inputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+        preprocess(inputs, tmp_path / "out" / "ds", "byte", chunk_bytes=1)
     assert calls == [0, 1]
     assert os.listdir(tmp_path / "out") == []
 

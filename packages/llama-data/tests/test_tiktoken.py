@@ -45,6 +45,8 @@ def test_tiktoken_model_alone_equals_the_tokenizer_json(llama3_files, shakespear
     texts = _texts(shakespeare_dir)
     ids = tok.encode_batch(texts[:1] + texts[2:])
     assert ids == ref.encode_batch(texts[:1] + texts[2:])
+    # One thread per worker here; tiktoken's own batch encoder (a thread pool) gives the same ids.
+    assert tok.encode_batch(texts) == tok._enc.encode_ordinary_batch(texts)
     assert len(ids[0]) > 40_000
     # Special-token text in a document is text: tokenizer.json would match it as the special token.
     assert 128009 not in tok.encode(texts[1]) and 128009 in ref.encode(texts[1])

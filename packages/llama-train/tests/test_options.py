@@ -67,7 +67,7 @@ def test_json_config_and_written_run_record(tmp_path):
     "values, message",
     [
         ({"strategy": "dp2xq3"}, "cannot parse strategy"),
-        ({"strategy": "dp2", "nproc_per_node": 4}, "needs 2 processes"),
+        ({"strategy": "dp2", "nproc_per_node": 4, "nnodes": 1}, "needs 2 processes"),
         ({"global_batch_size": 10, "micro_batch_size": 4}, "not a multiple"),
         ({"amp": "fp8"}, "must be one of"),
         ({"min_lr": 1.0, "lr": 0.1}, "exceeds --lr"),

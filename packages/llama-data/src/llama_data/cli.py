@@ -66,23 +66,43 @@ _TOKENIZER_HELP = (
     "or 'byte' (UTF-8 bytes, no file needed)."
 )
 _INPUT_HELP = (
-    "A .jsonl, .jsonl.zst, .jsonl.gz or .txt file, a directory (searched recursively) or a glob "
-    "pattern; repeat for more. Files are read in the order given, those of a directory or pattern "
-    "sorted by path."
+    "A .jsonl, .jsonl.zst, .jsonl.gz, .parquet, .arrow or .txt file, a directory (searched "
+    "recursively; a datasets save_to_disk directory is one of .arrow files) or a glob pattern; "
+    "repeat for more. Files are read in the order given, those of a directory or pattern sorted by "
+    "path."
 )
+_TEXT_KEY_HELP = "The jsonl key or the Parquet/Arrow column holding the text."
 _TXT_MODE_HELP = (
     "How a .txt file splits into documents: the whole file, paragraphs separated by blank lines, or "
     "one document per line."
 )
 
 
+class _Workers(click.ParamType):
+    """A number of processes of at least 1, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither a whole number of at least 1 nor 'auto'.", param, ctx)
+        return number
+
+
+_WORKERS = _Workers()
+
+
 @main.command()
 @click.option("--input", "inputs", multiple=True, required=True, help=_INPUT_HELP)
 @click.option("--output-prefix", required=True, help="Writes PREFIX.bin and PREFIX.idx.")
 @click.option("--tokenizer", required=True, help=_TOKENIZER_HELP)
-@click.option(
-    "--json-key", default="text", show_default=True, help="Key of the text in each jsonl object."
-)
+@click.option("--text-key", "--json-key", default="text", show_default=True, help=_TEXT_KEY_HELP)
 @click.option(
     "--append-eos/--no-append-eos",
     default=True,
@@ -97,15 +117,15 @@ _TXT_MODE_HELP = (
 )
 @click.option(
     "--workers",
-    default=1,
+    default="1",
     show_default=True,
-    type=click.IntRange(min=1),
-    help="Tokenizing processes.",
+    type=_WORKERS,
+    help="Tokenizing processes, one core each; 'auto': the cores this process may use.",
 )
 @click.option(
     "--skip-bad-lines",
     is_flag=True,
-    help="Skip and count malformed jsonl lines instead of stopping.",
+    help="Skip and count malformed jsonl lines and null Parquet/Arrow texts instead of stopping.",
 )
 @click.option(
     "--dtype",
@@ -131,7 +151,7 @@ def preprocess(
     inputs,
     output_prefix,
     tokenizer,
-    json_key,
+    text_key,
     append_eos,
     prepend_bos,
     workers,
@@ -141,14 +161,15 @@ def preprocess(
     overwrite,
     progress,
 ):
-    """Tokenize raw text into PREFIX.bin + PREFIX.idx, one document per jsonl line / txt unit.
+    """Tokenize raw text into PREFIX.bin + PREFIX.idx, one document per jsonl line, Parquet or
+    Arrow row, or txt unit.
 
     The output is identical for any --workers. Nothing is written under PREFIX unless it succeeds.
 
     \b
     Example:
       llama-data preprocess --input corpus/ --output-prefix data/corpus \\
-          --tokenizer tokenizer.model --workers 8
+          --tokenizer tokenizer.model --workers auto
     """
     from llama_data.preprocessing import preprocess as run
 
@@ -156,7 +177,7 @@ def preprocess(
         inputs,
         output_prefix,
         tokenizer,
-        json_key=json_key,
+        text_key=text_key,
         append_eos=append_eos,
         prepend_bos=prepend_bos,
         workers=workers,
@@ -170,7 +191,9 @@ def preprocess(
     if result.empty_documents:
         click.echo(f"skipped     {result.empty_documents:,} empty documents")
     if result.bad_lines:
-        click.echo(f"skipped     {result.bad_lines:,} bad lines (first: {result.first_bad_line})")
+        click.echo(
+            f"skipped     {result.bad_lines:,} bad lines or rows (first: {result.first_bad_line})"
+        )
     click.echo(f"tokens      {result.tokens:,} ({result.dtype}, vocab {result.vocab_size:,})")
     click.echo(
         f"read        {result.bytes_in / 1e6:,.1f} MB in {result.elapsed_s:.1f} s ({result.mb_per_s:,.2f} MB/s, {result.workers} workers)"
@@ -184,9 +207,7 @@ def preprocess(
 @click.option(
     "--vocab-size", required=True, type=click.IntRange(min=1), help="Pieces in the vocabulary."
 )
-@click.option(
-    "--json-key", default="text", show_default=True, help="Key of the text in each jsonl object."
-)
+@click.option("--text-key", "--json-key", default="text", show_default=True, help=_TEXT_KEY_HELP)
 @click.option(
     "--txt-mode",
     type=click.Choice(["file", "paragraph", "line"]),
@@ -218,7 +239,7 @@ def train_tokenizer(
     inputs,
     output_prefix,
     vocab_size,
-    json_key,
+    text_key,
     txt_mode,
     skip_bad_lines,
     max_sentences,
@@ -239,7 +260,7 @@ def train_tokenizer(
         inputs,
         output_prefix,
         vocab_size,
-        json_key=json_key,
+        text_key=text_key,
         txt_mode=txt_mode,
         skip_bad_lines=skip_bad_lines,
         max_sentences=max_sentences,

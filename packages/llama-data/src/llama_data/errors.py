@@ -7,3 +7,9 @@ keeps its traceback.
 
 class DataError(Exception):
     """Bad input: the message is one line that tells the user what is wrong and where."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a third-party library's may run to many)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,13 +1,19 @@
 """Raw text -> tokenized ``PREFIX.bin`` / ``PREFIX.idx``, in one process or several.
 
-The input is cut into tasks (corpus.plan_tasks) independently of the worker count. One worker
-tokenizes straight into the output. Several workers each write the tasks they take to shard files in
-a temporary directory beside the output; the main process appends the shards to the output in task
-order as they finish. Either way the output bytes are the same for any ``workers``.
+The input is cut into tasks at document boundaries (corpus.plan_tasks). One worker tokenizes
+straight into the output. Several workers each write the tasks they take to shard files in a
+temporary directory beside the output; the main process appends the shards to the output in task
+order as they finish. Each document is tokenized alone, so the output bytes are the same for any
+``workers`` and any cut.
+
+Each worker is one single-threaded process: the tokenizer libraries' own threads are turned off, so
+that ``workers`` is the number of cores used, and the Python work around the tokenizer (parsing
+JSON, building the arrays) runs in parallel too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import multiprocessing
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llama_data.corpus import (
+    BATCH_BYTES,
     DEFAULT_CHUNK_BYTES,
     TXT_MODES,
     ReadOptions,
@@ -43,6 +50,7 @@ from llama_data.indexed_dataset import (
 from llama_data.tokenizer import Tokenizer, load_tokenizer
 
 DTYPE_CHOICES = ("auto", "uint16", "int32")
+AUTO_WORKERS = "auto"
 
 
 @dataclass(frozen=True)
@@ -90,31 +98,55 @@ def resolve_dtype(dtype: str, vocab_size: int) -> np.dtype:
     return dt
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its CPU affinity), what ``workers="auto"`` means."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | str) -> int:
+    """A number of worker processes from ``workers``: a count, or ``"auto"``."""
+    if workers == AUTO_WORKERS:
+        return usable_cpus()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DataError(
+            f"--workers must be a whole number of at least 1 or 'auto', got {workers!r}"
+        )
+    return workers
+
+
 def preprocess(
     inputs: Sequence[str | os.PathLike],
     output_prefix: str | os.PathLike,
     tokenizer: str | os.PathLike,
     *,
-    json_key: str = "text",
+    text_key: str = "text",
     append_eos: bool = True,
     prepend_bos: bool = False,
-    workers: int = 1,
+    workers: int | str = 1,
     skip_bad_lines: bool = False,
     dtype: str = "auto",
     txt_mode: str = "file",
     overwrite: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: bool | None = None,
+    json_key: str | None = None,
 ) -> PreprocessResult:
     """Tokenize every document of ``inputs`` into ``output_prefix``.bin/.idx, one document each.
 
-    ``tokenizer`` is a spec for ``load_tokenizer`` (workers load their own copy). ``progress``: a
-    tqdm bar on stderr (None: only when stderr is a terminal).
+    ``tokenizer`` is a spec for ``load_tokenizer``. ``text_key``: the jsonl key or the Parquet/Arrow
+    column of the text (``json_key`` is its former name). ``workers``: processes, or ``"auto"`` for
+    the usable cores. ``chunk_bytes``: the most input one task covers; a worker tokenizes
+    ``min(chunk_bytes, BATCH_BYTES)`` (1 MiB) of text at a time, or one larger document, which is
+    what bounds its memory. ``progress``: a tqdm bar on stderr (None: only when stderr is a
+    terminal).
     """
     started = time.perf_counter()
     output_prefix = os.fspath(output_prefix)
-    if workers < 1:
-        raise DataError(f"--workers must be at least 1, got {workers}")
+    workers = resolve_workers(workers)
+    text_key = json_key if json_key is not None else text_key
     if txt_mode not in TXT_MODES:
         raise DataError(f"unknown txt mode {txt_mode!r} (one of {', '.join(TXT_MODES)})")
     outputs = [str(data_path(output_prefix)), str(index_path(output_prefix))]
@@ -129,11 +161,16 @@ def preprocess(
         raise DataError(f"tokenizer {tok.name} has no BOS token (drop --prepend-bos)")
     token_dtype = resolve_dtype(dtype, tok.vocab_size)
     files = find_input_files(inputs)
-    tasks = plan_tasks(files, chunk_bytes)
+    tasks = plan_tasks(files, chunk_bytes, workers=workers, text_key=text_key)
     options = TokenizeOptions(
         tokenizer=os.fspath(tokenizer),
         dtype=token_dtype.name,
-        read=ReadOptions(json_key=json_key, txt_mode=txt_mode, skip_bad_lines=skip_bad_lines),
+        read=ReadOptions(
+            text_key=text_key,
+            txt_mode=txt_mode,
+            skip_bad_lines=skip_bad_lines,
+            batch_bytes=min(chunk_bytes, BATCH_BYTES),
+        ),
         append_eos=append_eos,
         prepend_bos=prepend_bos,
     )
@@ -144,7 +181,7 @@ def preprocess(
 
     from tqdm.auto import tqdm
 
-    pool = _WorkerPool(options, workers) if workers > 1 else None  # before tqdm starts a thread
+    pool = _WorkerPool(options, tok, workers) if workers > 1 else None  # before tqdm's thread
     bar = tqdm(
         total=bytes_in,
         unit="B",
@@ -157,7 +194,8 @@ def preprocess(
     try:
         with IndexedDatasetWriter(output_prefix, token_dtype) as writer:
             if pool is None:
-                _run_in_process(tasks, options, tok, writer, stats, bar)
+                with _tokenizer_threads_off():
+                    _run_in_process(tasks, options, tok, writer, stats, bar)
             else:
                 pool.run(tasks, writer, stats, bar, out_dir)
             if writer.num_docs == 0:
@@ -241,6 +279,24 @@ def _run_in_process(tasks, options, tok, writer, stats, bar) -> None:
         stats.add(tokenize_task(task, options, tok, writer, on_progress))
 
 
+@contextlib.contextmanager
+def _tokenizer_threads_off():
+    """One core for the one worker: Hugging Face tokenizers would spread a batch over every core
+    (its switch is read from the environment at each call)."""
+    before = os.environ.get(_HF_THREADS)
+    os.environ[_HF_THREADS] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_HF_THREADS, None)
+        else:
+            os.environ[_HF_THREADS] = before
+
+
+_HF_THREADS = "TOKENIZERS_PARALLELISM"
+
+
 def _show_rate(bar, docs: int) -> None:
     if bar.disable:
         return
@@ -253,13 +309,14 @@ def _show_rate(bar, docs: int) -> None:
 _worker: dict = {}
 
 
-def _init_worker(options: TokenizeOptions, counters) -> None:
+def _init_worker(options: TokenizeOptions, counters, tok: Tokenizer | None) -> None:
     # Ctrl-C reaches the whole process group: let the parent alone decide to stop the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One core per worker: the Hugging Face tokenizers would otherwise start a thread per core each.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ[_HF_THREADS] = "false"
     _worker["options"] = options
-    _worker["tokenizer"] = load_tokenizer(options.tokenizer)
+    # A forked worker has the parent's tokenizer already (a Llama-3 one takes a second to load).
+    _worker["tokenizer"] = tok if tok is not None else load_tokenizer(options.tokenizer)
     _worker["counters"] = counters
 
 
@@ -280,12 +337,19 @@ def _tokenize_shard(job: tuple[ReadTask, str]) -> tuple[str, ReadStats]:
 class _WorkerPool:
     """Worker processes, each tokenizing whole tasks into shard files."""
 
-    def __init__(self, options: TokenizeOptions, workers: int):
-        # fork on Linux: no re-import per worker, and a caller's script needs no __main__ guard.
-        # It is created before the progress bar, while this process runs no thread of ours.
-        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    def __init__(self, options: TokenizeOptions, tok: Tokenizer, workers: int):
+        # fork on Linux: no re-import per worker, the tokenizer inherited rather than loaded again,
+        # and a caller's script needs no __main__ guard. The pool is created before the progress
+        # bar, while this process runs no thread of ours, and before it has tokenized anything
+        # (Hugging Face tokenizers turn their threads off in a child forked after using them).
+        fork = sys.platform.startswith("linux")
+        ctx = multiprocessing.get_context("fork" if fork else "spawn")
         self.counters = (ctx.Value(ctypes.c_longlong, 0), ctx.Value(ctypes.c_longlong, 0))
-        self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(options, self.counters))
+        self.pool = ctx.Pool(
+            workers,
+            initializer=_init_worker,
+            initargs=(options, self.counters, tok if fork else None),
+        )
         self._finished = False
 
     def run(self, tasks, writer, stats, bar, out_dir) -> None:

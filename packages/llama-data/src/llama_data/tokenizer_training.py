@@ -40,7 +40,7 @@ def train_tokenizer(
     out_prefix: str | os.PathLike,
     vocab_size: int,
     *,
-    json_key: str = "text",
+    text_key: str = "text",
     txt_mode: str = "file",
     skip_bad_lines: bool = False,
     max_sentences: int = 2_000_000,
@@ -48,11 +48,13 @@ def train_tokenizer(
     threads: int | None = None,
     seed_sentencepiece_size: int = 1_000_000,
     overwrite: bool = False,
+    json_key: str | None = None,
 ) -> Path:
     """Train a SentencePiece BPE model (LLaMA's settings) and write ``PREFIX.model`` + ``PREFIX.vocab``.
 
     Training sentences are the non-blank lines of the documents; SentencePiece samples
-    ``max_sentences`` of them. Returns the path of the ``.model`` file.
+    ``max_sentences`` of them. ``text_key``: the jsonl key or Parquet/Arrow column of the text
+    (``json_key`` is its former name). Returns the path of the ``.model`` file.
     """
     spm = optional_import("sentencepiece", "sentencepiece", "training a tokenizer")
     out_prefix = os.fspath(out_prefix)
@@ -69,7 +71,11 @@ def train_tokenizer(
     files = find_input_files(inputs)
     stats = ReadStats()
     sentences = _Sentences(
-        iter_texts(files, ReadOptions(json_key, txt_mode, skip_bad_lines), stats)
+        iter_texts(
+            files,
+            ReadOptions(json_key if json_key is not None else text_key, txt_mode, skip_bad_lines),
+            stats,
+        )
     )
     model = io.BytesIO()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -25,6 +26,7 @@ from llama_ckpt.clikit import (
 )
 from llama_train.errors import NonFiniteLoss, TrainError, classify
 from llama_train.options import OPTIONS, SECTIONS, OptionSpec
+from llama_train.plan.command import plan_options
 from llama_train.version import __version__
 
 PADDLE_MISSING = (
@@ -118,6 +120,7 @@ def run_command(config_file, print_config, **flags):
     OUTPUT/config.json, OUTPUT/metrics.jsonl, OUTPUT/logs/ and OUTPUT/checkpoints/. SIGTERM or
     Ctrl-C saves a checkpoint and exits cleanly; --resume auto continues from it.
     """
+    started = time.time()  # --max-duration counts from here
     if importlib.util.find_spec("paddle") is None:
         raise Failure(PADDLE_MISSING)
     from llama_model.runtime import configure_runtime
@@ -140,7 +143,7 @@ def run_command(config_file, print_config, **flags):
             return
         from llama_train.preparation import prepare
 
-        prepared = prepare(options, say=click.echo)
+        prepared = prepare(options, say=click.echo, started=started)
     except TrainError as exc:
         raise Failure(str(exc)) from None
     except OSError as exc:
@@ -217,26 +220,32 @@ def _run_here(run) -> None:
 
 
 def _run_launched(prepared) -> None:
-    from llama_train.checkpoint import remove_partial_saves
+    from llama_train import restarts
     from llama_train.console import Console
+
+    console = Console()
+    try:
+        console.line(prepared.run.nodes.describe())
+        restarts.run_job(prepared, console.line, lambda p, attempt: _start(p, attempt, console))
+    finally:
+        console.close()
+
+
+def _start(prepared, attempt: int, console):
+    """One start of a launched job: its result, and the Failure it ended with (None: it finished
+    or stopped cleanly)."""
+    from llama_train.checkpoint import remove_partial_saves
     from llama_train.launcher import launcher_log, run_launched
 
     run = prepared.run
     out = Path(run.output)
-    console = Console()
-    try:
-        result = run_launched(
-            run, str(out / "run_config.json"), console, prepared.run_id, prepared.lock_fd
-        )
-    finally:
-        console.close()
-    logs = out / "logs"
-    if (run.options.launch.node_rank or 0) == 0:
+    result = run_launched(
+        run, str(out / "run_config.json"), console, prepared.run_id, prepared.lock_fd, attempt
+    )
+    if run.nodes.node_rank == 0:
         # every rank has exited: a partial save is only partial now
         remove_partial_saves(out / "checkpoints")
-    failure = failure_line(result, logs, launcher_log(run))
-    if failure is not None:
-        raise failure
+    return result, failure_line(result, out / "logs", launcher_log(run))
 
 
 def failure_line(result, logs: Path, launcher_log: Path | None = None) -> Failure | None:
@@ -244,10 +253,13 @@ def failure_line(result, logs: Path, launcher_log: Path | None = None) -> Failur
     cleanly: the blamed rank's own line when it failed by a user's mistake or a non-finite loss,
     else what failed and its log."""
     launcher_log = launcher_log or logs / "launcher.log"
+    ended = (logs / "preempted").exists() or (logs / "finished").exists()
+    if result.hang is not None and not ended:  # hung at its exit: its work was done and saved
+        return Failure(f"the job hung: {result.hang.line()}; it was stopped", EXIT_CRASH)
     report = result.report  # what the blamed rank said about its failure, if it said anything
     if report is not None and report.code != EXIT_CRASH:  # a user's mistake, a non-finite loss
         return Failure(report.message, report.code)
-    if result.failed is None and ((logs / "preempted").exists() or (logs / "finished").exists()):
+    if (result.failed is None or result.hang is not None) and ended:
         return None  # finished, or stopped by a signal to whichever process it came: saved, exit 0
     if result.signalled and (result.failed is None or result.failed.status in _STOPPED):
         return Failure("interrupted before a checkpoint could be saved", EXIT_CRASH)
@@ -285,3 +297,35 @@ def plot_command(outputs, png):
     except TrainError as exc:
         raise Failure(str(exc)) from None
     click.echo(f"wrote {path}")
+
+
+@main.command("plan", cls=SectionedCommand)
+@click.option("--config", "config_file", default=None, help="A .toml or .json file of options.")
+@plan_options
+def plan_command(config_file, **flags):
+    """Predict each rank's memory and the step time of a layout before launching it.
+
+    \b
+    llama-train plan --strategy dp2mp2pp2 --model-config llama2-7b --seq-len 4096 \\
+        --global-batch-size 64 --amp bf16 --device H100-80GB [--json]
+    llama-train plan --strategy auto --devices 64 ... --device H100-80GB   (rank the layouts)
+    llama-train plan --strategy dp2mp2 --model-config tiny --seq-len 64 --check
+    """
+    if importlib.util.find_spec("paddle") is None:
+        raise Failure(PADDLE_MISSING)
+    from llama_model.runtime import configure_runtime
+
+    configure_runtime()
+    from llama_train.plan.command import PLAN_FLAGS, run_plan
+
+    plan_flags = {name: flags.pop(name) for name in PLAN_FLAGS}  # the rest are the run's options
+    try:
+        code = run_plan(config_file, flags, plan_flags)
+    except TrainError as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+    sys.exit(code)
+
+
+_with_run_options(plan_command)

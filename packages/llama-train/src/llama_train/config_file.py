@@ -117,7 +117,7 @@ def _read_keys(path: str, table: dict[str, Any], section: str | None) -> dict[st
         if value is None:  # JSON null: unset
             continue
         label = f"[{section}] {key}" if section is not None else key
-        out[name] = spec.kind.coerce(value, f"{where}: {label}")
+        out[name] = spec.coerce(value, f"{where}: {label}")
     return out
 
 

@@ -30,10 +30,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_train import supervise
+from llama_train import hangwatch, restarts, supervise
 from llama_train.console import Console
 from llama_train.worker import events_file
 
@@ -49,14 +49,15 @@ class JobResult:
     failed: supervise.RankExit | None = None  # the rank blamed
     signalled: bool = False
     report: supervise.RankReport | None = None  # what the blamed rank said about its failure
+    hang: hangwatch.Hang | None = None  # the job was stopped because no rank made progress
+    completed: int | None = None  # the last step rank 0 reported completed
+    phases: dict[int, str] = field(default_factory=dict)  # each rank's last reported phase
 
 
 def launcher_log(run) -> Path:
     """This node's log of Paddle's launcher, of a ``RunRecord``."""
-    launch, logs = run.options.launch, Path(run.output) / "logs"
-    return logs / (
-        "launcher.log" if launch.nnodes == 1 else f"launcher.node{launch.node_rank or 0}.log"
-    )
+    nodes, logs = run.nodes, Path(run.output) / "logs"
+    return logs / ("launcher.log" if nodes.nnodes == 1 else f"launcher.node{nodes.node_rank}.log")
 
 
 def worker_command(config_path: str) -> list[str]:
@@ -66,21 +67,20 @@ def worker_command(config_path: str) -> list[str]:
 def launch_command(run, config_path: str) -> list[str]:
     # Paddle's launcher names its files by local rank: one folder per node keeps a shared output
     # readable; the ranks write their own OUTPUT/logs/workerlog.<global rank>.
-    launch = run.options.launch
-    logs = str(Path(run.output) / "logs" / "paddle" / f"node-{launch.node_rank or 0}")
+    nodes = run.nodes
+    logs = str(Path(run.output) / "logs" / "paddle" / f"node-{nodes.node_rank}")
     cmd = [
         sys.executable,
         "-m",
         "llama_train.paddle_launch",
         "--nproc_per_node",
-        str(run.procs_per_node),
+        str(nodes.nproc_per_node),
         "--log_dir",
         logs,
     ]
-    if launch.nnodes > 1:
-        cmd += ["--nnodes", str(launch.nnodes), "--master", launch.master]
-        if launch.node_rank is not None:
-            cmd += ["--rank", str(launch.node_rank)]
+    if nodes.nnodes > 1:
+        cmd += ["--nnodes", str(nodes.nnodes), "--master", nodes.master]
+        cmd += ["--rank", str(nodes.node_rank)]
     return cmd + worker_command(config_path)
 
 
@@ -106,10 +106,12 @@ class _LogTail:
 
 
 def run_launched(
-    run, config_path: str, console: Console, run_id: str, lock_fd: int | None
+    run, config_path: str, console: Console, run_id: str, lock_fd: int | None, attempt: int = 0
 ) -> JobResult:
     """Run the job of a ``RunRecord`` through Paddle's launcher until every rank of this node has
-    exited."""
+    exited: relay rank 0's lines, pass stop signals on, stop the job at its deadline (SIGTERM: the
+    ranks save) and when it hangs (the ranks' stacks kept, then killed). ``attempt``: how many
+    times the job was restarted before this start (``restarts``)."""
     logs = Path(run.output) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -140,23 +142,50 @@ def run_launched(
             pass_fds=() if lock_fd is None else (lock_fd,),
         )
         watch = supervise.RankWatch(proc.pid, run_id, run.procs_per_node)
+        hangs = hangwatch.HangWatch(logs, run.world_size, hang_policy(run), attempt,
+                                    start_step(run))  # fmt: skip
+        follower = run.nodes.node_rank > 0
 
         def forward(signum, frame):
             result.signalled = True
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
 
+        def save_and_exit(signum, frame):  # SIGUSR1: the ranks save at the next step and stop
+            for pid in watch.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+
         stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {sig: signal.signal(sig, forward) for sig in stops}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, save_and_exit)
         try:
-            last_relay = 0.0
+            last_relay = last_decision = 0.0
+            deadline_sent = False
             while proc.poll() is None:
                 watch.poll()
                 if time.monotonic() - last_relay >= _RELAY_EVERY_S:
                     relay()
                     last_relay = time.monotonic()
+                if result.hang is None:
+                    result.hang = hangs.check(dict(watch.pids))
+                    if result.hang is not None:
+                        stop_hung_job(result.hang, logs, watch, console)
+                if follower and time.monotonic() - last_decision >= hangwatch.POLL_S:
+                    last_decision = time.monotonic()
+                    if restarts.decided(
+                        logs, run_id, attempt
+                    ):  # node 0 has moved on: this start is over
+                        watch.kill_remaining(0)
+                if run.deadline is not None and time.time() > run.deadline and not deadline_sent:
+                    # the ranks should have stopped at a step boundary by now (a long start-up)
+                    deadline_sent = True
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
                 time.sleep(_WATCH_EVERY_S)
             result.returncode = proc.returncode
+            hangs.poll()
+            result.completed, result.phases = hangs.completed(), hangs.phases()
             # Normally Paddle's launcher has stopped its ranks; if it was killed, they die with it
             # (their death signal). Anything still alive after the grace period is killed here.
             watch.kill_remaining(supervise.orphan_grace(logs))
@@ -179,8 +208,38 @@ def run_launched(
             fh.seek(log_start)
             found = _FAILED_CONTAINER.search(fh.read())
         if found:
-            rank = (run.options.launch.node_rank or 0) * run.procs_per_node + int(found.group(1))
+            rank = run.nodes.node_rank * run.procs_per_node + int(found.group(1))
             result.failed = supervise.RankExit(
                 rank, 0, "", time.time(), int(found.group(2)), run_id
             )
     return result
+
+
+def hang_policy(run) -> hangwatch.Policy:
+    from llama_train.options import hang_timeout_s
+
+    resilience = run.options.resilience
+    return hangwatch.Policy(hang_timeout_s(resilience.hang_timeout), run.options.eval.eval_iters)
+
+
+def start_step(run) -> int:
+    """The step the job starts from: its checkpoint's, or 0."""
+    if run.resume is None:
+        return 0
+    from llama_train.checkpoint import TrainerState
+
+    try:
+        return TrainerState.read(Path(run.resume)).step
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def stop_hung_job(hang: hangwatch.Hang, logs: Path, watch: supervise.RankWatch, console) -> None:
+    """Keep the hung ranks' stacks, say so, and kill the ranks of this node (a rank stuck in a
+    collective never reaches the step boundary where a stop signal is honoured)."""
+    pids = {rank: pid for rank, pid in watch.pids.items() if rank not in watch.exits}
+    hangwatch.collect_stacks(hang, logs, pids)
+    console.line(f"hang: {hang.line()}")
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -38,6 +38,8 @@ GPU_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),
     ("H800 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 51.0}),
     ("H800", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),
+    ("H20", {"bfloat16": 148.0, "float16": 148.0, "float32": 44.0}),  # after H200: a substring
+    ("L40S", {"bfloat16": 362.05, "float16": 362.05, "float32": 91.6}),
     ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
     ("A800", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
     ("V100-PCIE", {"float16": 112.0, "float32": 14.0}),

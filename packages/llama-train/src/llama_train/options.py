@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Rule:
     choices: tuple[str, ...] = ()
     min: float | None = None  # the value is ≥ min
     above: float | None = None  # the value is > above
+    number_as_text: bool = False  # a text option that a file may give as a number (seconds)
 
 
 def option(default: Any, help: str, **rules: Any) -> Any:
@@ -282,11 +284,51 @@ class Launch:
     nproc_per_node: int | None = option(
         None, "Processes on this node (default: the strategy's size / --nnodes).", min=1
     )
-    nnodes: int = option(
-        1, "Nodes of a multi-node job (passed to paddle.distributed.launch).", min=1
+    nnodes: int | None = option(
+        None,
+        "Nodes of a multi-node job (default: Slurm's SLURM_NNODES or a PaddleJob's "
+        "PADDLE_NNODES under those schedulers, else 1); given, the scheduler's variables are "
+        "not read.",
+        min=1,
     )
     master: str | None = option(None, "IP:PORT of the rendezvous for a multi-node job.")
+    master_port: int | None = option(
+        None,
+        "Port of the rendezvous under Slurm, on the first node of SLURM_JOB_NODELIST (default: "
+        "derived from the job id).",
+        min=1,
+    )
     node_rank: int | None = option(None, "This node's rank in a multi-node job.", min=0)
+    plan_check: bool = option(
+        True,
+        "On a GPU, refuse a layout whose predicted memory does not fit the device before "
+        "starting any process (llama-train plan's prediction); --no-plan-check launches anyway.",
+    )
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """Resilience: restarts, hang detection and a wall-clock limit."""
+
+    max_restarts: int = option(
+        0,
+        "Restart a failed job from its last complete checkpoint up to N times (not after a "
+        "user's mistake or a non-finite loss; stops in a crash loop). Ledger: "
+        "OUTPUT/restarts.jsonl.",
+        min=0,
+    )
+    hang_timeout: str = option(
+        "auto",
+        "Stop (and restart) a launched job when no rank has made progress for SECONDS; 'auto' "
+        "scales it from the measured step, save and evaluation times; 0 never.",
+        number_as_text=True,
+    )
+    max_duration: str | None = option(
+        None,
+        "Wall-clock limit of this command (3h50m, 45m, 90s or seconds): save at the last step "
+        "boundary that leaves time for it and exit 0. SIGUSR1 does the same at the next step.",
+        number_as_text=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -305,6 +347,7 @@ class RunConfig:
     logging: Logging = field(default_factory=Logging)
     profiling: Profiling = field(default_factory=Profiling)
     launch: Launch = field(default_factory=Launch)
+    resilience: Resilience = field(default_factory=Resilience)
 
     def value(self, name: str) -> Any:
         """One option by its flat name (``"strategy"``)."""
@@ -398,6 +441,13 @@ class OptionSpec:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def coerce(self, value: Any, where: str) -> Any:
+        """``value`` as this option's type (``Kind.coerce``); seconds given as a number to a text
+        option that takes them are its text."""
+        if self.rule.number_as_text and type(value) in (int, float):
+            value = f"{value:g}"
+        return self.kind.coerce(value, where)
+
 
 def _section_classes() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
@@ -434,7 +484,7 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConf
             if value is None or value == ():
                 continue
             spec = OPTIONS[name]
-            merged[name] = spec.kind.coerce(value, spec.flag)
+            merged[name] = spec.coerce(value, spec.flag)
     sections = {
         section: cls(**{n: merged[n] for n in SECTION_OPTIONS[section] if n in merged})
         for section, cls in SECTIONS.items()
@@ -515,18 +565,16 @@ def check(cfg: RunConfig) -> None:
         raise TrainError(
             f"--warmup-steps {warmup_steps(cfg)} exceeds the decay's end ({decay_end(cfg)})"
         )
+    resilience = cfg.resilience
+    hang_timeout_s(resilience.hang_timeout)
+    if resilience.max_duration is not None:
+        parse_duration(resilience.max_duration, "--max-duration")
+    # the launch options alone; the topology (with a scheduler's variables) is run_record's
     launch = cfg.launch
-    if launch.nnodes > 1 and launch.master is None:
-        raise TrainError(
-            f"--nnodes {launch.nnodes} needs --master IP:PORT (the rendezvous of the nodes)"
-        )
-    world = degrees.world_size
-    per_node = procs_per_node(cfg, world)
-    if per_node * launch.nnodes != world:
-        raise TrainError(
-            f"strategy {cfg.parallel.strategy} needs {world} processes but --nproc-per-node "
-            f"{per_node} × --nnodes {launch.nnodes} = {per_node * launch.nnodes}"
-        )
+    if launch.nnodes is not None:
+        from llama_train.cluster import resolve_topology
+
+        resolve_topology(launch, degrees.world_size, environ={})
 
 
 def warmup_steps(cfg: RunConfig) -> int:
@@ -541,8 +589,38 @@ def decay_end(cfg: RunConfig) -> int:
     return given if given is not None else cfg.training.max_steps
 
 
-def procs_per_node(cfg: RunConfig, world_size: int) -> int:
-    return cfg.launch.nproc_per_node or max(1, world_size // cfg.launch.nnodes)
+def hang_timeout_s(value: str) -> float | None:
+    """--hang-timeout as seconds: None for ``auto``, 0 for never."""
+    if value == "auto":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise TrainError(f"--hang-timeout must be SECONDS (≥ 0), auto or 0, got {value!r}")
+    return seconds
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """``3h50m``, ``45m``, ``90s``, ``1h30m15s`` or plain seconds (``5400``) -> seconds, > 0."""
+    text = text.strip()
+    seconds = None
+    try:
+        seconds = float(text)
+    except ValueError:
+        found = _DURATION.fullmatch(text)
+        if found and text:
+            h, m, s = (float(g) if g else 0.0 for g in found.groups())
+            seconds = 3600 * h + 60 * m + s
+    if seconds is None or not (math.isfinite(seconds) and seconds > 0):
+        raise TrainError(
+            f"{flag} must be a duration such as 3h50m, 45m, 90s or seconds, got {text!r}"
+        )
+    return seconds
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int]:

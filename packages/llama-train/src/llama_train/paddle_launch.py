@@ -7,7 +7,8 @@ these additions made before Paddle's launcher starts (see ``supervise``):
   stops the ranks gracefully: they save and exit), and a hard exit ``supervise.orphan_grace``
   seconds later (at least 5, more when the last measured step and save took longer) if they have
   not, which kills the ranks through their own death signal;
-* SIGHUP (a dropped ssh session) is handled as SIGTERM rather than killing the launcher outright;
+* SIGHUP (a dropped ssh session) is handled as SIGTERM rather than killing the launcher outright,
+  and SIGUSR1 (the ranks' save-and-stop, from a scheduler that signals every process) is ignored;
 * a repeated stop signal (a scheduler signalling every process, then llama-train forwarding it)
   keeps the first one's graceful stop: Paddle's launcher would cut its 30 s window for the ranks'
   save to 10 s on a second signal;
@@ -34,6 +35,9 @@ def main() -> None:
     front = os.environ.get(supervise.FRONT_PID_ENV)
     os.environ[supervise.LAUNCHER_PID_ENV] = str(os.getpid())
     signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    # SIGUSR1 is for the ranks (save and stop at the next step; the front passes it on); a
+    # scheduler that signals every process of the job must not kill the launcher with it.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     exits_dir = os.environ.get(supervise.EXITS_DIR_ENV)
     if front is not None:
         supervise.die_with_parent(signal.SIGTERM, int(front))

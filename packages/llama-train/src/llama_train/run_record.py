@@ -21,6 +21,7 @@ an old run directory's file still starts its job.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from llama_train.options import CONFIG_FORMAT, RunConfig
 
 if TYPE_CHECKING:
     from llama_model import Strategy
+    from llama_train.cluster import Topology
 
 DEFAULT_MAX_SEQ_LEN = 2048  # the sequence length of a model that allows more, unless asked
 
@@ -43,6 +45,12 @@ class RunRecord:
     # starts from scratch or resumes (a checkpoint's weights win).
     init_source: dict | None = None
     resume: str | None = None  # the absolute path of the checkpoint loaded; None: a fresh start
+    # The nodes and processes (cluster.Topology): from the launch options or the scheduler's
+    # variables, as the front process of node 0 saw them.
+    topology: Topology | None = None
+    # When this invocation must have stopped (--max-duration from its start; wall clock, seconds
+    # since the epoch), the same on every node; None without a limit.
+    deadline: float | None = None
 
     # ---------------------------------------------------------------------------- derived
     @property
@@ -75,18 +83,32 @@ class RunRecord:
         return options.decay_end(self.options)
 
     @property
+    def nodes(self) -> Topology:
+        from llama_train.cluster import resolve_topology
+
+        if self.topology is not None:
+            return self.topology
+        return resolve_topology(self.options.launch, self.world_size, environ={})
+
+    @property
     def procs_per_node(self) -> int:
-        return options.procs_per_node(self.options, self.world_size)
+        return self.nodes.nproc_per_node
 
     @property
     def launched(self) -> bool:
-        """Whether the job runs through paddle.distributed.launch (else in this very process)."""
-        return self.world_size > 1 or self.options.launch.nnodes > 1
+        """Whether the job runs through paddle.distributed.launch (else in this very process):
+        more than one process or node, or a job to restart or watch for hangs (the front process
+        must outlive its ranks)."""
+        resilience = self.options.resilience
+        watched = resilience.max_restarts > 0 or resilience.hang_timeout not in ("auto", "0")
+        return self.world_size > 1 or self.nodes.nnodes > 1 or watched
 
     # --------------------------------------------------------------------------- the file
     def to_dict(self) -> dict[str, Any]:
         resolved = {"parallel": self.strategy.to_dict(), "seq_len": self.seq_len,
-                    "init_source": self.init_source, "resume": self.resume}  # fmt: skip
+                    "init_source": self.init_source, "resume": self.resume,
+                    "topology": self.topology.to_dict() if self.topology else None,
+                    "deadline": self.deadline}  # fmt: skip
         return {"format": CONFIG_FORMAT, **self.options.sections(), "resolved": resolved}
 
     def write(self, path: str) -> None:
@@ -123,21 +145,28 @@ class RunRecord:
             resolved = data.get("resolved") or {}
         else:
             raise TrainError(f"{path}: unknown run record format {fmt!r}")
+        from llama_train.cluster import Topology
+
         try:
             strategy = Strategy.from_dict(resolved["parallel"])
             seq_len = int(resolved["seq_len"])
+            topology = resolved.get("topology")
+            topology = Topology.from_dict(topology) if topology else None
         except (KeyError, TypeError, ValueError, LlamaModelError) as exc:
             raise TrainError(f"{path}: no valid resolved strategy and seq_len ({exc})") from None
         return cls(RunConfig.read(path), strategy, seq_len, resolved.get("init_source"),
-                   resolved.get("resume"))  # fmt: skip
+                   resolved.get("resume"), topology, resolved.get("deadline"))  # fmt: skip
 
 
-def resolve(cfg: RunConfig, config) -> RunRecord:
+def resolve(cfg: RunConfig, config, environ=None, started: float | None = None) -> RunRecord:
     """The record of a fresh start of ``cfg`` on the model ``config``: the Strategy, built one
     option at a time so that a refusal names the option that caused it (the degrees, the pipeline
     schedule or --virtual-pp-degree without VPP, then --sequence-parallel, then --sharding-stage),
-    and the sequence length. The resume target and init weights are the run directory's
+    the sequence length, the nodes (``cluster.resolve_topology``, from ``environ``: by default
+    this process's environment) and the deadline of --max-duration counted from ``started``
+    (default: now). The resume target and init weights are the run directory's
     (``preparation.prepare``). Raises TrainError with one line."""
+    started = time.time() if started is None else started
     from llama_model import LlamaModelError, Strategy
 
     par = cfg.parallel
@@ -169,4 +198,10 @@ def resolve(cfg: RunConfig, config) -> RunRecord:
             f"--seq-len {seq_len} exceeds the model's max_position_embeddings "
             f"({config.max_position_embeddings})"
         )
-    return RunRecord(cfg, strategy, seq_len)
+    from llama_train.cluster import resolve_topology
+
+    topology = resolve_topology(cfg.launch, strategy.world_size, environ)
+    deadline = None
+    if cfg.resilience.max_duration is not None:
+        deadline = started + options.parse_duration(cfg.resilience.max_duration, "--max-duration")
+    return RunRecord(cfg, strategy, seq_len, topology=topology, deadline=deadline)

@@ -119,4 +119,6 @@ def build_step(run, pm, opt):
     clip = run.options.optimizer.clip_grad
     if run.options.training.to_static:
         return CompiledStep(pm, opt, clip, run.batch_size, run.seq_len)
-    return EagerStep(pm, opt, clip)
+    from llama_train.plan.measure import measured
+
+    return measured(EagerStep(pm, opt, clip))  # `plan --check`: inert unless its variable is set

@@ -102,6 +102,15 @@ def write_timing(logs: Path, save_s: float, step_s: float, step: int) -> None:
         write_atomic(logs / TIMING_FILE, json.dumps(record) + "\n")
 
 
+def measured_save_s(logs: Path) -> float | None:
+    """The last save time recorded in ``logs`` (:func:`write_timing`), or None."""
+    try:
+        save_s = float(json.loads((Path(logs) / TIMING_FILE).read_text())["save_s"])
+    except (OSError, TypeError, ValueError, KeyError):
+        return None
+    return save_s if 0 <= save_s < 1e6 else None
+
+
 def orphan_grace(logs: Path | None) -> float:
     """Seconds a stop may take once the front process is gone, before the launcher's watchdog
     ends the job (and with it the ranks): ``max(ORPHAN_GRACE_S, step + 2 × save +

@@ -12,6 +12,11 @@
 * ``LLAMA_TRAIN_RECORD_INIT_READS=DIR``: each rank writes ``DIR/rank-R.json``, the bytes it read
   (``/proc/self/io`` rchar: every read of the process) while opening the ``--init-from`` weights
   (index, headers) and while filling its parameters (the tests bound a rank's share).
+* ``LLAMA_TRAIN_FAULT_RENDEZVOUS=RANK[:always]``: that rank fails in Paddle's rendezvous, in the
+  first start of the job only (a marker in its logs says it did), or in every start.
+* ``LLAMA_TRAIN_FAKE_DEVICE=NAME[:GiB]``: the front process takes this machine for one with GPUs
+  of that kind (a ``llama-train plan --device`` name; with that much memory), so the pre-launch
+  memory check of the GPU path runs on a CPU (``plan.prelaunch``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ FAULT_LINGER_S = 4.0
 INIT_READS_ENV = "LLAMA_TRAIN_RECORD_INIT_READS"
 KILL_IN_SAVE_ENV = "LLAMA_TRAIN_FAULT_KILL_IN_SAVE"
 ENOSPC_IN_SAVE_ENV = "LLAMA_TRAIN_FAULT_ENOSPC_IN_SAVE"
+FAKE_DEVICE_ENV = "LLAMA_TRAIN_FAKE_DEVICE"
+FAULT_RENDEZVOUS_ENV = "LLAMA_TRAIN_FAULT_RENDEZVOUS"
 
 
 def _fault(rank: int) -> tuple[int, str] | None:
@@ -102,3 +109,20 @@ class InitReads:
 def init_reads() -> InitReads | None:
     directory = os.environ.get(INIT_READS_ENV)
     return InitReads(directory) if directory else None
+
+
+def fake_device() -> str | None:
+    """The GPU the tests pretend this machine has, or None."""
+    return os.environ.get(FAKE_DEVICE_ENV) or None
+
+
+def maybe_fail_rendezvous(rank: int, logs: Path) -> None:
+    """Raise as Paddle's TCPStore does when its protocol falls out of step under load."""
+    victim, _, when = os.environ.get(FAULT_RENDEZVOUS_ENV, "").partition(":")
+    if victim != str(rank):
+        return
+    marker = logs / f"fault-rendezvous.{rank}"
+    if when != "always" and marker.exists():
+        return
+    marker.touch()
+    raise ValueError("(InvalidArgument) Stop_waiting response is expected (injected)")

@@ -4,7 +4,9 @@ Per step ``k`` (counted from 1): seed the random generators from (seed, k), set 
 of step k, read the global batch at the consumed-sample position, forward + backward over the
 micro-batches and stages, clip by the global gradient norm and update (``steps``: eager or
 compiled), stop on a non-finite loss or norm with nothing saved, then log / evaluate / save as the
-cadences say, and stop when the ranks agree that a signal arrived.
+cadences say, and stop (saving) when the ranks agree that a signal arrived or that the wall-clock
+limit leaves no time for another step (``preemption``). Each phase is reported to the front
+process's hang detection (``hangwatch``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_train import memory, supervise, test_hooks
+from llama_train import hangwatch, memory, preemption, supervise, test_hooks
 from llama_train.checkpoint import CheckpointManager, TrainerState
 from llama_train.metrics import (
     FLOPS_FORMULA,
@@ -60,6 +62,7 @@ class Trainer:
         metrics=None,
         stop=None,
         peak_tflops=None,
+        progress=None,
     ):
         self.run_record = run  # llama_train.run_record.RunRecord
         self.pm = pm
@@ -75,7 +78,12 @@ class Trainer:
         self.peak_tflops = peak_tflops
         self.world = pm.strategy.world_size
         self.stopped_by_signal = False
+        self.stopped_at_deadline = False
         self.last_step_s = 0.0  # the last step's time, recorded with each save's (orphan grace)
+        # the last save's time: this run's, else the one recorded in the run directory
+        self.last_save_s = supervise.measured_save_s(Path(run.output) / "logs")
+        # where this rank is, for the front's hang detection (hangwatch.ProgressReport)
+        self.progress = progress or hangwatch.NoProgress()
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -116,11 +124,13 @@ class Trainer:
             lr = self.schedule(step)
             self.step_fn.set_lr(lr)
             input_ids, labels = self.data.batch(state.consumed_samples)
+            self.progress("step", step, step - 1)
             test_hooks.maybe_raise(step, self.pm.rank, run)
             profiler.before_step(step)
             start = time.perf_counter()
             loss, norm = self.step_fn.run(step, input_ids, labels)
             self.last_step_s = time.perf_counter() - start
+            self.progress.step_s = self.last_step_s
             window.add(self.last_step_s)
             table = profiler.after_step(step)
             if table:
@@ -136,15 +146,24 @@ class Trainer:
                 self._log(step, loss, lr, norm, window)
                 window.reset()
             if eval_every and step % eval_every == 0:
+                self.progress("eval", step, step)
+                start = time.perf_counter()
                 self.evaluate(step)
-            stopping = self.stop is not None and self.stop.agreed()
+                self.progress.eval_s = time.perf_counter() - start
+            stopping = 0
+            if self.stop is not None and step < max_steps:
+                stopping = self.stop.agreed(self.last_step_s, self.last_save_s)
             if stopping or step == max_steps or (save_every and step % save_every == 0):
+                self.progress("save", step, step)
                 path = self.save()
                 self.say(f"saved checkpoint {path}")
             if stopping:
                 self.stopped_by_signal = True
-                self.say(f"stopped by a signal after step {step}; resume with --resume auto")
+                self.stopped_at_deadline = stopping == preemption.AT_DEADLINE
+                why = "at the wall-clock limit" if self.stopped_at_deadline else "by a signal"
+                self.say(f"stopped {why} after step {step}; resume with --resume auto")
                 break
+        self.progress("done", state.step, state.step)
         return state
 
     def _log(self, step: int, loss: float, lr: float, norm: float, window: _Window) -> None:
@@ -206,8 +225,11 @@ class Trainer:
         again = self.state.step in self.ckpt.published
         start = time.perf_counter()
         path = self.ckpt.save(self.state, self.step_fn.checkpoint_tensors())
+        seconds = time.perf_counter() - start
+        if not again:
+            self.last_save_s = seconds
+            self.progress.save_s = seconds
         if self.pm.rank == 0 and not again:
             logs = Path(self.run_record.output) / "logs"
-            seconds = time.perf_counter() - start
             supervise.write_timing(logs, seconds, self.last_step_s, self.state.step)
         return path

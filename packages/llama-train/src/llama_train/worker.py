@@ -100,13 +100,14 @@ def _initial_weights(run, reads: test_hooks.InitReads | None = None):
     return weights
 
 
-def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object:
+def run_worker(run, console=None, *, keep_stop_handlers: bool = False, progress=None) -> object:
     """Train the ``RunRecord`` ``run`` as this process's rank; returns the Trainer (its state says
     where it stopped).
 
     ``keep_stop_handlers``: leave the stop-signal handlers installed on return (a rank process
     that is about to exit: a repeated SIGTERM from the launcher must not kill it after its clean
-    stop); a library caller gets its own handlers back."""
+    stop); a library caller gets its own handlers back. ``progress``: where the rank reports its
+    phases (``hangwatch.ProgressReport``) when the front process watches it."""
     from llama_data import DataError
     from llama_model import LlamaConfig, LlamaModelError, ParallelModel
     from llama_train import model_setup
@@ -114,20 +115,35 @@ def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object
     from llama_train.data import TrainData
     from llama_train.metrics import default_peak_tflops
     from llama_train.optimizer import build_optimizer
+    from llama_train.options import parse_duration
     from llama_train.preemption import StopRequest
     from llama_train.progress import heartbeat
     from llama_train.reporting import Reporter, flat_hparams
     from llama_train.steps import build_step
     from llama_train.trainer import Trainer
 
-    stop = None
     opts = run.options
+    limit = opts.resilience.max_duration
+    # first: a stop signal during the start-up is a stop after the first step, not a death
+    stop = StopRequest(
+        distributed=run.strategy.world_size > 1,
+        deadline=run.deadline,
+        limit_s=parse_duration(limit, "--max-duration") if limit else 0.0,
+    )
     try:
         # the model config the front process checked, the strategy it built: nothing re-derived
         config = LlamaConfig.from_json(str(Path(run.output) / "config.json"))
         strategy = run.strategy
         dtype = model_setup.compute_dtype(opts.training.amp)
         recompute = opts.training.recompute_granularity if opts.training.recompute else None
+        if progress is not None:
+            # Paddle's rendezvous first, on its own: a failure in it is told apart (the front
+            # process starts such a job again once, ``restarts``)
+            from llama_model.parallel import init_distributed
+
+            test_hooks.maybe_fail_rendezvous(rank_from_env(), Path(run.output) / "logs")
+            init_distributed(strategy)
+            progress("start-up", 0, 0)
         reads = test_hooks.init_reads()
         weights = _initial_weights(run, reads)
         reading = (
@@ -144,7 +160,6 @@ def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object
             )
         if reads is not None and weights is not None:
             reads.write(pm.rank)
-        stop = StopRequest(distributed=pm.distributed)
         step_fn = build_step(run, pm, build_optimizer(pm, opts.optimizer))
         data = TrainData(run)
         data.check_enough(opts.training.max_steps)
@@ -186,6 +201,7 @@ def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object
             metrics=metrics,
             stop=stop,
             peak_tflops=peak,
+            progress=progress,
         )
         try:
             trainer.run()
@@ -204,7 +220,7 @@ def run_worker(run, console=None, *, keep_stop_handlers: bool = False) -> object
     except (LlamaModelError, DataError) as exc:
         raise TrainError(str(exc)) from None
     finally:
-        if stop is not None and not keep_stop_handlers:
+        if not keep_stop_handlers:
             stop.restore()
 
 
@@ -222,18 +238,24 @@ def _own_log(output: str, rank: int) -> None:
 
 
 def _supervised(run, rank: int):
-    """Under llama-train's launcher: die with it, log under the global rank, join the run lock."""
-    from llama_train import runlock, supervise
+    """Under llama-train's launcher: die with it, log under the global rank, join the run lock,
+    report progress to the front's hang detection. Returns (the lock, the progress report), or
+    (None, None) when no launcher started this process."""
+    from llama_train import hangwatch, runlock, supervise
 
     launcher = os.environ.get(supervise.LAUNCHER_PID_ENV)
     if launcher is None:
-        return None
+        return None, None
     supervise.die_with_parent(signal.SIGKILL, int(launcher))
     _own_log(run.output, rank)
-    return runlock.join_as_rank(run.output)
+    progress = hangwatch.ProgressReport(Path(run.output) / "logs", rank)
+    progress("rendezvous", 0, 0)
+    return runlock.join_as_rank(run.output), progress
 
 
 def main(argv: list[str] | None = None) -> None:
+    # SIGUSR1 (save and stop) before the stop handlers exist: ignored rather than fatal
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     from llama_model.runtime import configure_runtime
 
     configure_runtime()  # first: MKL and libgomp read their settings when Paddle loads them
@@ -247,9 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     if test_hooks.linger(rank):
         atexit.register(time.sleep, test_hooks.linger(rank))
     try:
-        lock = _supervised(run, rank)  # noqa: F841 - held until the process exits
+        _lock, progress = _supervised(run, rank)  # the lock is held until the process exits
         console = Console(bar=False, events=events_file(run.output)) if rank == 0 else None
-        run_worker(run, console, keep_stop_handlers=True)
+        run_worker(run, console, keep_stop_handlers=True, progress=progress)
+        if progress is not None:
+            progress.close()
         # Done (finished or stopped and saved): the launcher's repeated SIGTERMs must not kill the
         # process while it tears down. Ignored, since Python's finalisation resets handlers to
         # the default (death) but keeps SIG_IGN.
