@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llama_train.supervise import measured_save_s
+from llama_train.supervise import measured_save_s, proc_stat
 
 POLL_S = 1.0
 STARTUP_S = 1800.0
@@ -275,11 +275,8 @@ class HangWatch:
 
 
 def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
 
 
 def collect_stacks(hang: Hang, logs: Path, pids: dict[int, int]) -> Path:

@@ -168,7 +168,7 @@ def run_launched(
                     relay()
                     last_relay = time.monotonic()
                 if result.hang is None:
-                    result.hang = hangs.check(dict(watch.pids))
+                    result.hang = hangs.check(watch.pids)
                     if result.hang is not None:
                         stop_hung_job(result.hang, logs, watch, console)
                 if follower and time.monotonic() - last_decision >= hangwatch.POLL_S:

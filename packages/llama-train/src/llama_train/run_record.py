@@ -100,7 +100,8 @@ class RunRecord:
         more than one process or node, or a job to restart or watch for hangs (the front process
         must outlive its ranks)."""
         resilience = self.options.resilience
-        watched = resilience.max_restarts > 0 or resilience.hang_timeout not in ("auto", "0")
+        explicit_timeout = options.hang_timeout_s(resilience.hang_timeout) not in (None, 0)
+        watched = resilience.max_restarts > 0 or explicit_timeout
         return self.world_size > 1 or self.nodes.nnodes > 1 or watched
 
     # --------------------------------------------------------------------------- the file

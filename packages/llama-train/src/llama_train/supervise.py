@@ -102,13 +102,23 @@ def write_timing(logs: Path, save_s: float, step_s: float, step: int) -> None:
         write_atomic(logs / TIMING_FILE, json.dumps(record) + "\n")
 
 
-def measured_save_s(logs: Path) -> float | None:
-    """The last save time recorded in ``logs`` (:func:`write_timing`), or None."""
+def read_timing(logs: Path | None) -> tuple[float, float] | None:
+    """(save_s, step_s) last recorded in ``logs`` (:func:`write_timing`), or None when there is no
+    sound record."""
     try:
-        save_s = float(json.loads((Path(logs) / TIMING_FILE).read_text())["save_s"])
+        record = json.loads((Path(logs) / TIMING_FILE).read_text())
+        save_s, step_s = float(record["save_s"]), float(record["step_s"])
     except (OSError, TypeError, ValueError, KeyError):
         return None
-    return save_s if 0 <= save_s < 1e6 else None
+    if not (0 <= save_s < 1e6 and 0 <= step_s < 1e6):  # NaN and nonsense fail both
+        return None
+    return save_s, step_s
+
+
+def measured_save_s(logs: Path) -> float | None:
+    """The last save time recorded in ``logs``, or None."""
+    timing = read_timing(logs)
+    return None if timing is None else timing[0]
 
 
 def orphan_grace(logs: Path | None) -> float:
@@ -117,13 +127,10 @@ def orphan_grace(logs: Path | None) -> float:
     ORPHAN_GRACE_MARGIN_S)`` from the last step and save times rank 0 measured (a stopping rank
     finishes its step, then saves); ORPHAN_GRACE_S before the first measure. The record of an
     earlier run of the same directory counts until this run's first save replaces it."""
-    try:
-        record = json.loads((Path(logs) / TIMING_FILE).read_text())
-        save_s, step_s = float(record["save_s"]), float(record["step_s"])
-    except (OSError, TypeError, ValueError, KeyError):
+    timing = read_timing(logs)
+    if timing is None:
         return ORPHAN_GRACE_S
-    if not (0 <= save_s < 1e6 and 0 <= step_s < 1e6):  # NaN and nonsense fail both
-        return ORPHAN_GRACE_S
+    save_s, step_s = timing
     return max(ORPHAN_GRACE_S, step_s + 2 * save_s + ORPHAN_GRACE_MARGIN_S)
 
 
@@ -196,7 +203,7 @@ _CONSEQUENCES = {-signal.SIGABRT, -signal.SIGTERM, -signal.SIGPIPE}
 CONSEQUENCE_LAG_S = 1.0
 
 
-def _stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (state first), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -246,7 +253,7 @@ class RankWatch:
         for rank, pid in self.pids.items():
             if rank in self.exits:
                 continue
-            fields = _stat(pid)
+            fields = proc_stat(pid)
             if fields is None or fields[19] != self.starts[pid]:
                 self.exits[rank] = RankExit(rank, pid, self.host, now, None, self.run_id)
             elif fields[0] in ("Z", "X"):
@@ -260,7 +267,7 @@ class RankWatch:
             pid = int(entry.name)
             if pid in self.starts:
                 continue
-            fields = _stat(pid)
+            fields = proc_stat(pid)
             if fields is None or int(fields[1]) != self.launcher_pid:
                 continue
             env = _environ(pid)
